@@ -1,0 +1,197 @@
+//! The API's handlers. Reads need the viewer role; writes go through
+//! [`Caller::write`], which authorizes and audits them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use continuum_shared::labels::{LabelValue, Labels};
+use continuum_shared::unix_now;
+use serde::Deserialize;
+
+use super::{ApiError, Caller};
+use crate::model::{AuditEntry, Role};
+use crate::plane::{ControlPlane, rfc3339};
+use crate::tokens::{TokenRequest, TokenRequestError};
+use crate::views::{
+    OperatorCreate, OperatorCreated, OperatorView, SiteView, TokenCreate, TokenCreated, TokenView,
+    WhoAmI,
+};
+use crate::{audit, backup, operators, sites, tokens};
+
+type Cp = State<Arc<ControlPlane>>;
+
+/// Who the credential belongs to.
+#[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: caller.actor.name,
+        role: caller.actor.role,
+    })
+}
+
+/// Every enrolled site with its live state.
+#[utoipa::path(get, path = "/v1/sites", responses((status = 200, body = [SiteView])))]
+pub async fn list_sites(State(cp): Cp, caller: Caller) -> Result<Json<Vec<SiteView>>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    let records = tokio::task::block_in_place(|| sites::list(&cp))?;
+    let live = cp.fleet.snapshot();
+    Ok(Json(
+        records
+            .iter()
+            .map(|r| SiteView::new(r, live.get(&r.name)))
+            .collect(),
+    ))
+}
+
+/// One site.
+#[utoipa::path(get, path = "/v1/sites/{name}", params(("name" = String, Path, description = "site name")),
+    responses((status = 200, body = SiteView), (status = 404, body = crate::views::ErrorBody)))]
+pub async fn get_site(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<SiteView>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    let record = tokio::task::block_in_place(|| sites::get(&cp, &name))?
+        .ok_or_else(|| ApiError::not_found(format!("no site named {name:?}")))?;
+    Ok(Json(SiteView::new(&record, cp.fleet.live(&name).as_ref())))
+}
+
+/// Revokes a site: its connection closes now and its certificate is refused from now on.
+#[utoipa::path(post, path = "/v1/sites/{name}/revoke", params(("name" = String, Path, description = "site name")),
+    responses((status = 200, body = SiteView), (status = 403, body = crate::views::ErrorBody), (status = 404, body = crate::views::ErrorBody)))]
+pub async fn revoke_site(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<SiteView>, ApiError> {
+    let record = caller.write(&cp, Role::Operator, "site.revoke", &name, || {
+        sites::revoke(&cp, &name, &caller.actor.name).map_err(|e| match e {
+            sites::RevokeError::NotFound(_) => ApiError::not_found(e.to_string()),
+            sites::RevokeError::Store(e) => e.into(),
+        })
+    })?;
+    Ok(Json(SiteView::new(&record, None)))
+}
+
+/// Every join token (never their secrets).
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenView])))]
+pub async fn list_tokens(State(cp): Cp, caller: Caller) -> Result<Json<Vec<TokenView>>, ApiError> {
+    caller.may_read(Role::Operator)?;
+    let now = unix_now();
+    let records = tokio::task::block_in_place(|| tokens::list(&cp))?;
+    Ok(Json(
+        records.iter().map(|r| TokenView::new(r, now)).collect(),
+    ))
+}
+
+/// Creates a join token; its text is in this answer only.
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenCreate,
+    responses((status = 200, body = TokenCreated), (status = 400, body = crate::views::ErrorBody), (status = 403, body = crate::views::ErrorBody)))]
+pub async fn create_token(
+    State(cp): Cp,
+    caller: Caller,
+    Json(body): Json<TokenCreate>,
+) -> Result<Json<TokenCreated>, ApiError> {
+    let created = caller.write(&cp, Role::Operator, "token.create", &body.name, || {
+        let ttl = humantime::parse_duration(body.ttl.as_deref().unwrap_or("1h"))
+            .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+        let labels: Labels = body
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), LabelValue::Text(v.clone())))
+            .collect();
+        let request = TokenRequest {
+            name: body.name.clone(),
+            labels,
+            ttl,
+            uses: body.uses.unwrap_or(1),
+        };
+        tokens::create(&cp, request, &caller.actor.name).map_err(|e| match e {
+            TokenRequestError::Invalid(m) => ApiError::bad_request(m),
+            TokenRequestError::Store(e) => e.into(),
+        })
+    })?;
+    let (record, token) = created;
+    Ok(Json(TokenCreated {
+        token,
+        id: record.id,
+        name: record.name,
+        expires_at: rfc3339(record.expires_at),
+        uses: record.uses,
+        addresses: cp.settings.agent_addresses.clone(),
+    }))
+}
+
+/// Every operator.
+#[utoipa::path(get, path = "/v1/operators", responses((status = 200, body = [OperatorView])))]
+pub async fn list_operators(
+    State(cp): Cp,
+    caller: Caller,
+) -> Result<Json<Vec<OperatorView>>, ApiError> {
+    caller.may_read(Role::Admin)?;
+    let records = tokio::task::block_in_place(|| operators::list(cp.store.as_ref()))?;
+    Ok(Json(records.iter().map(OperatorView::from).collect()))
+}
+
+/// Creates an operator; the credential is in this answer only.
+#[utoipa::path(post, path = "/v1/operators", request_body = OperatorCreate,
+    responses((status = 200, body = OperatorCreated), (status = 403, body = crate::views::ErrorBody), (status = 409, body = crate::views::ErrorBody)))]
+pub async fn create_operator(
+    State(cp): Cp,
+    caller: Caller,
+    Json(body): Json<OperatorCreate>,
+) -> Result<Json<OperatorCreated>, ApiError> {
+    let (record, credential) =
+        caller.write(&cp, Role::Admin, "operator.create", &body.name, || {
+            operators::create(cp.store.as_ref(), &body.name, body.role, &caller.actor.name).map_err(
+                |e| match e {
+                    operators::OperatorError::InvalidName(m) => ApiError::bad_request(m),
+                    operators::OperatorError::Exists(_) => {
+                        ApiError::new(StatusCode::CONFLICT, e.to_string())
+                    }
+                    operators::OperatorError::Store(e) => e.into(),
+                },
+            )
+        })?;
+    Ok(Json(OperatorCreated {
+        name: record.name,
+        role: record.role,
+        credential,
+    }))
+}
+
+/// How many audit entries to return.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Newest entries to return (default 100, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// The newest audit entries, oldest first.
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = [AuditEntry])))]
+pub async fn audit_log(
+    State(cp): Cp,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    caller.may_read(Role::Operator)?;
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    Ok(Json(tokio::task::block_in_place(|| {
+        audit::recent(cp.store.as_ref(), limit)
+    })?))
+}
+
+/// A backup archive (tar) of the CA, keys and state. It holds private keys: keep it
+/// as safe as the control plane itself.
+#[utoipa::path(get, path = "/v1/backup", responses((status = 200, content_type = "application/x-tar", description = "backup archive")))]
+pub async fn backup(State(cp): Cp, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    let archive = caller.write(&cp, Role::Admin, "backup.create", "control-plane", || {
+        backup::create(&cp)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive))
+}

@@ -1,0 +1,129 @@
+//! The operators' HTTPS API (JSON), used by the CLI and, later, the console.
+//!
+//! Every `/v1` call needs a bearer credential; every write is authorized by role and
+//! recorded in the audit log, whether it was allowed or not. `/openapi.json` describes
+//! the API; `/healthz` answers without a credential for load balancers and probes.
+
+mod auth;
+mod error;
+mod handlers;
+mod https;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use https::serve;
+
+use crate::plane::ControlPlane;
+
+/// The API's routes.
+pub fn router(cp: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/whoami", get(handlers::whoami))
+        .route("/v1/sites", get(handlers::list_sites))
+        .route("/v1/sites/{name}", get(handlers::get_site))
+        .route("/v1/sites/{name}/revoke", post(handlers::revoke_site))
+        .route(
+            "/v1/tokens",
+            get(handlers::list_tokens).post(handlers::create_token),
+        )
+        .route(
+            "/v1/operators",
+            get(handlers::list_operators).post(handlers::create_operator),
+        )
+        .route("/v1/audit", get(handlers::audit_log))
+        .route("/v1/backup", get(handlers::backup))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(cp)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// The OpenAPI description of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Continuum control plane API", description = "Fleet state and operations. Every /v1 call needs `Authorization: Bearer <credential>`."),
+    paths(
+        handlers::whoami,
+        handlers::list_sites,
+        handlers::get_site,
+        handlers::revoke_site,
+        handlers::list_tokens,
+        handlers::create_token,
+        handlers::list_operators,
+        handlers::create_operator,
+        handlers::audit_log,
+        handlers::backup,
+    ),
+    components(schemas(
+        crate::views::ErrorBody,
+        crate::views::SiteView,
+        crate::views::TokenCreate,
+        crate::views::TokenCreated,
+        crate::views::TokenView,
+        crate::views::OperatorCreate,
+        crate::views::OperatorCreated,
+        crate::views::OperatorView,
+        crate::views::WhoAmI,
+        crate::model::AuditEntry,
+        crate::model::Role,
+        crate::model::Outcome,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_v1_route_is_described() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for route in [
+            "/v1/whoami",
+            "/v1/sites",
+            "/v1/sites/{name}",
+            "/v1/sites/{name}/revoke",
+            "/v1/tokens",
+            "/v1/operators",
+            "/v1/audit",
+            "/v1/backup",
+        ] {
+            assert!(
+                paths.contains(&route),
+                "{route} missing from the OpenAPI description"
+            );
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
+}

@@ -1,0 +1,297 @@
+//! The operator commands: each is one or two API calls and a printout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::output::{or_dash, print, table};
+use super::{Command, GlobalArgs, OperatorCommand, Output, SiteCommand, TokenCommand};
+use crate::client::{ApiClient, config};
+use crate::datadir::DataDir;
+use crate::model::AuditEntry;
+use crate::views::{
+    OperatorCreate, OperatorCreated, OperatorView, SiteView, TokenCreate, TokenCreated, TokenView,
+    WhoAmI,
+};
+
+/// Runs a command that talks to the API.
+pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let endpoint = config::resolve(
+        global.server.as_deref(),
+        global.token.as_deref(),
+        global.ca.as_deref(),
+    )?;
+    let api = ApiClient::new(&endpoint)?;
+    let out = global.output;
+    match command {
+        Command::Sites => sites(&api, out).await,
+        Command::Site(SiteCommand::Show { name }) => {
+            let site: SiteView = api
+                .get(&format!("/v1/sites/{}", path_segment(&name)?))
+                .await?;
+            show_site(out, &site);
+            Ok(())
+        }
+        Command::Site(SiteCommand::Revoke { name }) => {
+            let site: SiteView = api
+                .post(&format!("/v1/sites/{}/revoke", path_segment(&name)?), &())
+                .await?;
+            match out {
+                Output::Json => print(out, &site, &[], vec![]),
+                Output::Table => println!(
+                    "site {} revoked: its connection is closed and its certificate refused",
+                    site.name
+                ),
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            name,
+            labels,
+            ttl,
+            uses,
+        }) => create_token(&api, out, name, labels, ttl, uses).await,
+        Command::Token(TokenCommand::List) => {
+            let tokens: Vec<TokenView> = api.get("/v1/tokens").await?;
+            let rows = tokens
+                .iter()
+                .map(|t| {
+                    let state = if t.expired { "expired" } else { "valid" };
+                    vec![
+                        t.id.clone(),
+                        t.name.clone(),
+                        format!("{}/{}", t.enrolled.len(), t.uses),
+                        state.into(),
+                        t.expires_at.clone(),
+                        t.created_by.clone(),
+                    ]
+                })
+                .collect();
+            print(
+                out,
+                &tokens,
+                &["ID", "NAME", "USED", "STATE", "EXPIRES", "CREATED BY"],
+                rows,
+            );
+            Ok(())
+        }
+        Command::Operator(OperatorCommand::Create { name, role }) => {
+            let created: OperatorCreated = api
+                .post("/v1/operators", &OperatorCreate { name, role })
+                .await?;
+            match out {
+                Output::Json => print(out, &created, &[], vec![]),
+                Output::Table => {
+                    println!(
+                        "Operator {} ({}) created. Its credential, shown only now:\n",
+                        created.name, created.role
+                    );
+                    println!("  {}\n", created.credential);
+                    println!("Use it with --token or CONTINUUM_TOKEN.");
+                }
+            }
+            Ok(())
+        }
+        Command::Operator(OperatorCommand::List) => {
+            let operators: Vec<OperatorView> = api.get("/v1/operators").await?;
+            let rows = operators
+                .iter()
+                .map(|o| {
+                    vec![
+                        o.name.clone(),
+                        o.role.to_string(),
+                        o.created_at.clone(),
+                        o.created_by.clone(),
+                    ]
+                })
+                .collect();
+            print(
+                out,
+                &operators,
+                &["NAME", "ROLE", "CREATED", "CREATED BY"],
+                rows,
+            );
+            Ok(())
+        }
+        Command::Audit { limit } => {
+            let entries: Vec<AuditEntry> = api.get(&format!("/v1/audit?limit={limit}")).await?;
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.at.clone(),
+                        e.actor.clone(),
+                        e.role.to_string(),
+                        e.action.clone(),
+                        e.target.clone(),
+                        e.from.clone(),
+                        format!("{:?}", e.outcome).to_lowercase(),
+                        e.detail.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print(
+                out,
+                &entries,
+                &[
+                    "AT", "WHO", "ROLE", "ACTION", "TARGET", "FROM", "OUTCOME", "DETAIL",
+                ],
+                rows,
+            );
+            Ok(())
+        }
+        Command::Whoami => {
+            let me: WhoAmI = api.get("/v1/whoami").await?;
+            let rows = vec![vec![
+                me.name.clone(),
+                me.role.to_string(),
+                endpoint.server.clone(),
+            ]];
+            print(out, &me, &["NAME", "ROLE", "SERVER"], rows);
+            Ok(())
+        }
+        Command::Backup { file } => {
+            let archive = api.get_bytes("/v1/backup").await?;
+            continuum_shared::files::write_private(&file, &archive)?;
+            eprintln!(
+                "backup written to {} ({} bytes, mode 0600); it holds the CA key: store it as safely as the control plane",
+                file.display(),
+                archive.len()
+            );
+            Ok(())
+        }
+        Command::Serve(_) | Command::Restore { .. } => unreachable_command(),
+    }
+}
+
+fn unreachable_command() -> anyhow::Result<()> {
+    bail!("this command does not talk to the API")
+}
+
+/// Site names go into URL paths; refuse anything that is not a plain name.
+fn path_segment(name: &str) -> anyhow::Result<&str> {
+    continuum_shared::names::check_name("site", name)?;
+    Ok(name)
+}
+
+async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
+    let sites: Vec<SiteView> = api.get("/v1/sites").await?;
+    let rows = sites
+        .iter()
+        .map(|s| {
+            let labels = s
+                .labels
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "hostname" | "agent_version"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            vec![
+                s.name.clone(),
+                s.status.clone(),
+                or_dash(s.agent_version.as_ref()),
+                or_dash(s.last_seen.as_ref()),
+                or_dash(s.remote_address.as_ref()),
+                labels,
+            ]
+        })
+        .collect();
+    print(
+        out,
+        &sites,
+        &["NAME", "STATUS", "AGENT", "LAST SEEN", "ADDRESS", "LABELS"],
+        rows,
+    );
+    Ok(())
+}
+
+fn show_site(out: Output, site: &SiteView) {
+    if out == Output::Json {
+        return print(out, site, &[], vec![]);
+    }
+    let mut rows = vec![
+        vec!["name".into(), site.name.clone()],
+        vec!["status".into(), site.status.clone()],
+        vec!["agent version".into(), or_dash(site.agent_version.as_ref())],
+        vec!["protocol".into(), or_dash(site.protocol_version)],
+        vec!["address".into(), or_dash(site.remote_address.as_ref())],
+        vec!["transport".into(), or_dash(site.transport.as_ref())],
+        vec![
+            "connected since".into(),
+            or_dash(site.connected_since.as_ref()),
+        ],
+        vec!["last seen".into(), or_dash(site.last_seen.as_ref())],
+        vec!["enrolled".into(), site.enrolled_at.clone()],
+        vec![
+            "certificate expires".into(),
+            site.certificate_expires.clone(),
+        ],
+    ];
+    if let Some(revoked) = &site.revoked_at {
+        rows.push(vec!["revoked".into(), revoked.clone()]);
+    }
+    for (k, v) in &site.labels {
+        rows.push(vec![format!("label {k}"), v.to_string()]);
+    }
+    print!("{}", table(&["FIELD", "VALUE"], &rows));
+}
+
+async fn create_token(
+    api: &ApiClient,
+    out: Output,
+    name: String,
+    labels: Vec<String>,
+    ttl: String,
+    uses: u32,
+) -> anyhow::Result<()> {
+    let labels = labels
+        .iter()
+        .map(|arg| {
+            arg.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--label {arg:?} is not of the form key=value"))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let request = TokenCreate {
+        name,
+        labels,
+        ttl: Some(ttl),
+        uses: Some(uses),
+    };
+    let created: TokenCreated = api.post("/v1/tokens", &request).await?;
+    match out {
+        Output::Json => print(out, &created, &[], vec![]),
+        Output::Table => {
+            let scope = if created.uses == 1 {
+                format!("site {:?}, one use", created.name)
+            } else {
+                format!(
+                    "up to {} sites named {}-<hostname>",
+                    created.uses, created.name
+                )
+            };
+            println!("Join token ({scope}, expires {}):\n", created.expires_at);
+            println!("  {}\n", created.token);
+            println!("At the site, run:\n");
+            println!("  continuum-agent join '{}'", created.token);
+            println!("  continuum-agent run");
+        }
+    }
+    Ok(())
+}
+
+/// `continuum restore`: a local operation on a new data directory.
+pub fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let dir = DataDir::new(data_dir);
+    let ca = crate::backup::restore(file, &dir, 64 << 20)?;
+    println!("Restored into {} (CA sha256 {ca}).", dir.root().display());
+    println!(
+        "Start it with:  continuum serve --data-dir {}",
+        dir.root().display()
+    );
+    println!(
+        "Sites reconnect by themselves once it is reachable at the same address; operators keep their credentials."
+    );
+    Ok(())
+}

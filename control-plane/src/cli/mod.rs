@@ -1,0 +1,203 @@
+//! The `continuum` command line: `serve` runs the control plane; every other command
+//! is an operator's call to its HTTPS API.
+
+mod commands;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::Role;
+
+/// Continuum: run services across a whole computing continuum from one place.
+#[derive(Debug, Parser)]
+#[command(name = "continuum", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options shared by all commands.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options for reaching the API, and output.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// API URL of the control plane, e.g. `https://cp.example.org:8443`.
+    #[arg(long, global = true, env = "CONTINUUM_SERVER")]
+    pub server: Option<String>,
+    /// Operator credential.
+    #[arg(long, global = true, env = "CONTINUUM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust the control plane with.
+    #[arg(long, global = true, env = "CONTINUUM_CA")]
+    pub ca: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log filter, e.g. `info` or `info,quinn=warn`.
+    #[arg(long, global = true, env = "CONTINUUM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (with no options: the embedded default in ./continuum-data).
+    Serve(ServeArgs),
+    /// List enrolled sites.
+    Sites,
+    /// Act on one site.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Join tokens for new sites.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Operators and their roles.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Show the audit log.
+    Audit {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show who the credential belongs to.
+    Whoami,
+    /// Save the CA, keys and state to an archive (admin; keep it safe: it holds keys).
+    Backup {
+        /// Archive to write (mode 0600).
+        file: PathBuf,
+    },
+    /// Restore an archive into a new data directory (run on the new machine, server stopped).
+    Restore {
+        /// Archive made by `continuum backup`.
+        file: PathBuf,
+        /// Data directory to create.
+        #[arg(long, env = "CONTINUUM_DATA_DIR", default_value = "continuum-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Options of `continuum serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where keys and state live.
+    #[arg(long, env = "CONTINUUM_DATA_DIR", default_value = "continuum-data")]
+    pub data_dir: PathBuf,
+    /// UDP address for agents (QUIC).
+    #[arg(long, env = "CONTINUUM_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
+    pub quic_listen: SocketAddr,
+    /// TCP address for operators and the console (HTTPS).
+    #[arg(long, env = "CONTINUUM_HTTP_LISTEN", default_value = "0.0.0.0:8443")]
+    pub http_listen: SocketAddr,
+    /// Names or addresses agents reach this server by; they go into the server
+    /// certificate and into join tokens. Default: this host's name and 127.0.0.1.
+    #[arg(long = "advertise", env = "CONTINUUM_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<String>,
+    /// Lifetime of site certificates (agents renew when a third is left).
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub site_cert_ttl: Duration,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Page cache of the state store, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub state_cache_mb: u64,
+}
+
+/// `continuum site …`.
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Show one site.
+    Show {
+        /// Site name.
+        name: String,
+    },
+    /// Revoke a site: its connection closes now and its certificate is refused from now on.
+    Revoke {
+        /// Site name.
+        name: String,
+    },
+}
+
+/// `continuum token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it with the command to run at the site.
+    Create {
+        /// Site name, or name prefix of the sites a fleet token enrolls.
+        #[arg(long)]
+        name: String,
+        /// A label for the site(s), key=value; repeat for more.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Lifetime, e.g. 30m, 1h, 7days.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many sites it may enroll (a fleet token for a batch of devices).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List tokens (never their secrets).
+    List,
+}
+
+/// `continuum operator …`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Create an operator and print its credential (shown once).
+    Create {
+        /// Operator name.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// List operators.
+    List,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    text.parse()
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => crate::serve::run_serve(args).await,
+        Command::Restore { file, data_dir } => commands::restore(&file, &data_dir),
+        command => commands::remote(&cli.global, command).await,
+    }
+}
+
+/// Starts logging to stderr with a filter like `info,quinn=warn`.
+pub fn init_tracing(filter: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let targets: Targets = filter
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(targets)
+        .try_init();
+}

@@ -1,0 +1,195 @@
+//! The records the control plane keeps, as stored and as the API shows them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use continuum_shared::labels::Labels;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An enrolled site as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    /// The site's name (its certificate's common name).
+    pub name: String,
+    /// Labels the operator gave through the join token.
+    #[serde(default)]
+    pub given_labels: Labels,
+    /// Facts the agent detected, as of its latest hello.
+    #[serde(default)]
+    pub detected_labels: Labels,
+    /// The site's registered public key: base64 of the raw ECDSA P-256 point.
+    pub public_key: String,
+    /// SHA-256 (hex) of the site's current certificate.
+    pub cert_sha256: String,
+    /// SHA-256 (hex) of the certificate it replaced, still valid until it expires.
+    #[serde(default)]
+    pub previous_cert_sha256: Option<String>,
+    /// When the current certificate expires, Unix seconds.
+    pub cert_not_after: i64,
+    /// When the site joined.
+    pub enrolled_at: i64,
+    /// The join token it used.
+    pub token_id: String,
+    /// Agent version from the latest hello.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// Protocol version of the latest session.
+    #[serde(default)]
+    pub protocol_version: Option<u16>,
+    /// Last time the site was heard from.
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+    /// Address the latest session came from.
+    #[serde(default)]
+    pub last_address: Option<String>,
+    /// When an operator revoked the site, if they did.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+    /// Who revoked it.
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+}
+
+impl SiteRecord {
+    /// Detected facts overlaid with the operator's labels (token labels never use the
+    /// names of detected facts, so nothing is shadowed).
+    pub fn labels(&self) -> Labels {
+        let mut labels = self.detected_labels.clone();
+        labels.extend(
+            self.given_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        labels
+    }
+}
+
+/// A join token as stored: only the secret's hash is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public identifier.
+    pub id: String,
+    /// SHA-256 (hex) of the secret.
+    pub secret_sha256: String,
+    /// Name given at creation: the site name, or the prefix of names under a fleet token.
+    pub name: String,
+    /// Labels every site enrolled with it gets.
+    #[serde(default)]
+    pub labels: Labels,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it stops working.
+    pub expires_at: i64,
+    /// How many sites it may enroll.
+    pub uses: u32,
+    /// Sites enrolled with it so far, in order.
+    #[serde(default)]
+    pub enrolled: Vec<String>,
+    /// Who created it.
+    pub created_by: String,
+}
+
+impl TokenRecord {
+    /// Uses left.
+    pub fn uses_left(&self) -> u32 {
+        self.uses.saturating_sub(self.enrolled.len() as u32)
+    }
+}
+
+/// What an operator may do. Each role may do everything the ones before it may.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads the fleet's state.
+    Viewer,
+    /// Also changes the fleet: tokens, rollouts, revocations.
+    Operator,
+    /// Also manages operators and takes backups.
+    Admin,
+}
+
+impl Role {
+    /// The role's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: use viewer, operator or admin"
+            )),
+        }
+    }
+}
+
+/// An operator as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// SHA-256 (hex) of the current credential.
+    pub credential_sha256: String,
+    /// When created.
+    pub created_at: i64,
+    /// Who created it (`serve` for the first admin).
+    pub created_by: String,
+}
+
+/// How an audited request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It was done.
+    Ok,
+    /// The caller's role does not allow it.
+    Denied,
+    /// It was allowed but failed.
+    Failed,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Sequence number, increasing.
+    pub seq: u64,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Who: the operator's name.
+    pub actor: String,
+    /// Their role at the time.
+    pub role: Role,
+    /// What they asked for, e.g. `site.revoke`.
+    pub action: String,
+    /// What it was done to, e.g. the site name.
+    pub target: String,
+    /// The address the request came from.
+    pub from: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it was denied or failed, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

@@ -1,0 +1,198 @@
+//! `continuum serve`: prepares the data directory (keys on first start, the first admin
+//! operator), binds the listeners, prints how to use it, and runs until signalled.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use continuum_shared::tls::hex;
+use tokio::net::TcpListener;
+
+use crate::agents::{UDP_RECEIVE_BUFFER, bind_endpoint, quic_server_config, server_tls};
+use crate::cli::ServeArgs;
+use crate::client::ClientFile;
+use crate::client::config::user_client_file;
+use crate::datadir::{DataDir, load_or_create_keys};
+use crate::model::Role;
+use crate::plane::{ControlPlane, Settings};
+use crate::server::{Listeners, run};
+use crate::store::{SledStore, Store};
+use crate::{operators, tokens};
+
+/// The names the server certificate covers: what is advertised, plus loopback.
+fn server_names(advertise: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = advertise.to_vec();
+    for extra in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_owned());
+        }
+    }
+    names
+}
+
+fn default_advertise() -> Vec<String> {
+    let host = continuum_shared::names::local_hostname();
+    let mut names = Vec::new();
+    if continuum_shared::tls::server_name(&host).is_ok() && host != "localhost" {
+        names.push(host);
+    }
+    names.push("127.0.0.1".to_owned());
+    names
+}
+
+/// Where the CLI on this machine reaches the API.
+fn local_api_url(listen: SocketAddr) -> String {
+    let ip: IpAddr = if listen.ip().is_unspecified() {
+        if listen.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        }
+    } else {
+        listen.ip()
+    };
+    format!("https://{}", SocketAddr::new(ip, listen.port()))
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Runs the control plane.
+pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let advertise = if args.advertise.is_empty() {
+        default_advertise()
+    } else {
+        args.advertise.clone()
+    };
+    for name in &advertise {
+        continuum_shared::tls::server_name(name)
+            .map_err(|e| anyhow::anyhow!("--advertise: {e}"))?;
+    }
+    let dir = DataDir::new(&args.data_dir);
+    let keys = load_or_create_keys(&dir, &server_names(&advertise))
+        .with_context(|| format!("preparing the data directory {}", dir.root().display()))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.state(), args.state_cache_mb << 20)?);
+
+    let quic_config = quic_server_config(&keys.server, keys.ca.cert_der())?;
+    let (quic, udp_buffer) = bind_endpoint(quic_config, args.quic_listen)
+        .with_context(|| format!("cannot listen for agents on udp {}", args.quic_listen))?;
+    // Linux reports twice the size it books; less than asked means rmem_max capped it.
+    if udp_buffer < UDP_RECEIVE_BUFFER {
+        tracing::warn!(
+            granted = udp_buffer,
+            wanted = UDP_RECEIVE_BUFFER,
+            "the kernel capped the UDP receive buffer; raise net.core.rmem_max so fleet-wide reconnects are not dropped"
+        );
+    }
+    let https = TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for the API on tcp {}", args.http_listen))?;
+    let quic_addr = quic.local_addr()?;
+    let http_addr = https.local_addr()?;
+    let https_tls = Arc::new(server_tls(
+        &keys.server,
+        keys.ca.cert_der(),
+        vec![b"http/1.1".to_vec()],
+    )?);
+
+    let api_url = local_api_url(http_addr);
+    let first_admin = if operators::list(store.as_ref())?.is_empty() {
+        let (_, credential) = operators::create(store.as_ref(), "admin", Role::Admin, "serve")?;
+        Some(credential)
+    } else {
+        None
+    };
+    let client_file = dir.client_file();
+    if let Some(credential) = &first_admin {
+        let file = ClientFile {
+            server: api_url.clone(),
+            token: credential.clone(),
+            ca: keys.ca.cert_pem().to_owned(),
+        };
+        file.write(&client_file)?;
+        if let Some(user_file) = user_client_file().filter(|p| !p.exists())
+            && let Err(e) = file.write(&user_file)
+        {
+            tracing::warn!(error = %e, "could not write the user's client file");
+        }
+    } else if let Ok(mut file) = ClientFile::read(&client_file) {
+        // Keep the local client file pointing at where the API listens now.
+        if file.server != api_url {
+            file.server = api_url.clone();
+            file.write(&client_file)?;
+        }
+    }
+
+    let agent_addresses: Vec<String> = advertise
+        .iter()
+        .map(|h| host_port(h, quic_addr.port()))
+        .collect();
+    let cp = Arc::new(ControlPlane {
+        store,
+        ca: keys.ca,
+        fleet: Default::default(),
+        settings: Settings {
+            agent_addresses: agent_addresses.clone(),
+            site_cert_ttl: args.site_cert_ttl,
+            heartbeat: args.heartbeat_interval,
+        },
+        data_dir: dir.clone(),
+    });
+
+    println!("Continuum control plane {}", env!("CARGO_PKG_VERSION"));
+    println!("  data directory:  {}", dir.root().display());
+    println!(
+        "  agents (QUIC):   {quic_addr}  (tokens point agents at {})",
+        agent_addresses.join(", ")
+    );
+    println!("  API (HTTPS):     {api_url}  (listening on {http_addr})");
+    println!("  CA sha256:       {}", hex(&cp.ca.fingerprint()));
+    if !keys.created.is_empty() {
+        println!("  created:         {}", keys.created.join(", "));
+    }
+    if let Some(credential) = &first_admin {
+        println!();
+        println!(
+            "First start. The admin credential, shown only now (also saved, mode 0600, in {}):",
+            client_file.display()
+        );
+        println!();
+        println!("  {credential}");
+    }
+    println!();
+    println!("Use the CLI from this directory, or anywhere as this user:");
+    println!("  continuum sites");
+    println!(
+        "  continuum token create --name my-site    # then `continuum-agent join TOKEN` at the site"
+    );
+    println!(
+        "Detected facts that tokens may not set as labels: {}",
+        tokens::DETECTED_LABELS.join(", ")
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    run(cp, Listeners { quic, https }, https_tls, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

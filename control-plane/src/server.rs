@@ -1,0 +1,49 @@
+//! The server: the agent listener and the API side by side, handed their sockets and a
+//! shutdown signal (they never bind anything themselves, so tests pass `127.0.0.1:0`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::plane::ControlPlane;
+use crate::{agents, api};
+
+/// The sockets the server runs on.
+pub struct Listeners {
+    /// QUIC endpoint for agents.
+    pub quic: quinn::Endpoint,
+    /// TCP listener for the HTTPS API.
+    pub https: TcpListener,
+}
+
+/// Runs until `shutdown` completes, then closes every session and flushes state.
+pub async fn run(
+    cp: Arc<ControlPlane>,
+    listeners: Listeners,
+    https_tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let agents = tokio::spawn(agents::serve(cp.clone(), listeners.quic, stopped.clone()));
+    let api = tokio::spawn(api::serve(
+        listeners.https,
+        https_tls,
+        api::router(cp.clone()),
+        stopped,
+    ));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = agents.await;
+    let _ = api.await;
+    if let Err(e) = cp.store.flush() {
+        tracing::error!(error = %e, "flushing state at shutdown failed");
+    }
+}
+
+/// Resolves once the shutdown flag turns true (or its sender is gone).
+pub async fn stopping(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
+}

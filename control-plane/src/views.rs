@@ -1,0 +1,210 @@
+//! The JSON shapes of the HTTPS API, shared by the server that renders them and the
+//! CLI that reads them.
+
+use std::collections::BTreeMap;
+
+use continuum_shared::labels::Labels;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::fleet::LiveView;
+use crate::model::{OperatorRecord, Role, SiteRecord, TokenRecord};
+use crate::plane::rfc3339;
+
+/// An error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+/// A site as operators see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SiteView {
+    /// Site name.
+    pub name: String,
+    /// Detected facts and given labels; numeric facts are numbers.
+    #[schema(value_type = Object)]
+    pub labels: Labels,
+    /// `online`, `offline` or `revoked`.
+    pub status: String,
+    /// Whether the site is connected now.
+    pub online: bool,
+    /// Last time it was heard from (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Agent version from its latest hello.
+    pub agent_version: Option<String>,
+    /// Protocol version of its latest session.
+    pub protocol_version: Option<u16>,
+    /// Address of the current (or latest) session.
+    pub remote_address: Option<String>,
+    /// Transport of the current session (`quic`).
+    pub transport: Option<String>,
+    /// Start of the current session.
+    pub connected_since: Option<String>,
+    /// Heartbeats received in the current session.
+    pub heartbeats: u64,
+    /// When it joined.
+    pub enrolled_at: String,
+    /// When its current certificate expires.
+    pub certificate_expires: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+}
+
+impl SiteView {
+    /// Combines the stored record with the live session, if any.
+    pub fn new(record: &SiteRecord, live: Option<&LiveView>) -> Self {
+        let status = match (record.revoked_at, live) {
+            (Some(_), _) => "revoked",
+            (None, Some(_)) => "online",
+            (None, None) => "offline",
+        };
+        let last_seen = live.map(|l| l.last_heartbeat).or(record.last_seen);
+        SiteView {
+            name: record.name.clone(),
+            labels: record.labels(),
+            status: status.into(),
+            online: live.is_some() && record.revoked_at.is_none(),
+            last_seen: last_seen.map(rfc3339),
+            agent_version: record.agent_version.clone(),
+            protocol_version: live.map(|l| l.protocol_version).or(record.protocol_version),
+            remote_address: live
+                .map(|l| l.address.to_string())
+                .or_else(|| record.last_address.clone()),
+            transport: live.map(|l| l.transport.to_owned()),
+            connected_since: live.map(|l| rfc3339(l.connected_at)),
+            heartbeats: live.map_or(0, |l| l.heartbeats),
+            enrolled_at: rfc3339(record.enrolled_at),
+            certificate_expires: rfc3339(record.cert_not_after),
+            revoked_at: record.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// A request for a join token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreate {
+    /// Site name, or name prefix for a fleet token.
+    pub name: String,
+    /// Labels for the sites it enrolls.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Lifetime, e.g. `1h`, `30m`, `7days` (default `1h`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// How many sites it may enroll (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// A token just created: the only time its text is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    /// The token to pass to `continuum-agent join`.
+    pub token: String,
+    /// Its id.
+    pub id: String,
+    /// The name it enrolls under.
+    pub name: String,
+    /// When it expires.
+    pub expires_at: String,
+    /// How many sites it may enroll.
+    pub uses: u32,
+    /// The control-plane addresses it carries.
+    pub addresses: Vec<String>,
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// Its id.
+    pub id: String,
+    /// The name it enrolls under.
+    pub name: String,
+    /// Labels it gives.
+    #[schema(value_type = Object)]
+    pub labels: Labels,
+    /// When it was created.
+    pub created_at: String,
+    /// When it expires.
+    pub expires_at: String,
+    /// Whether it has expired.
+    pub expired: bool,
+    /// How many sites it may enroll.
+    pub uses: u32,
+    /// Sites enrolled with it.
+    pub enrolled: Vec<String>,
+    /// Who created it.
+    pub created_by: String,
+}
+
+impl TokenView {
+    /// The listing form of a stored token.
+    pub fn new(record: &TokenRecord, now: i64) -> Self {
+        TokenView {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            labels: record.labels.clone(),
+            created_at: rfc3339(record.created_at),
+            expires_at: rfc3339(record.expires_at),
+            expired: now >= record.expires_at,
+            uses: record.uses,
+            enrolled: record.enrolled.clone(),
+            created_by: record.created_by.clone(),
+        }
+    }
+}
+
+/// A request for a new operator.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorCreate {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// An operator just created, with its credential (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorCreated {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Bearer credential for the CLI (`--token`) and the API.
+    pub credential: String,
+}
+
+/// An operator as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperatorView {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When created.
+    pub created_at: String,
+    /// By whom.
+    pub created_by: String,
+}
+
+impl From<&OperatorRecord> for OperatorView {
+    fn from(record: &OperatorRecord) -> Self {
+        OperatorView {
+            name: record.name.clone(),
+            role: record.role,
+            created_at: rfc3339(record.created_at),
+            created_by: record.created_by.clone(),
+        }
+    }
+}
+
+/// Who the caller is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Operator name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}

@@ -1,0 +1,301 @@
+//! The messages an agent and the control plane exchange, by stream kind.
+//!
+//! Every stream starts with a [`Preamble`](crate::framing::Preamble) naming its
+//! [`StreamKind`] and the protocol version the opener speaks; after that come
+//! length-prefixed frames of the types below. Compatibility rules, so that one
+//! control plane serves agents of the current and the previous version:
+//!
+//! - a message type that changes shape gets a new version, and the old shape stays
+//!   here (in [`v1`]) for as long as that version is served;
+//! - enums only ever gain variants at the end, and a peer is sent only variants that
+//!   its version knows;
+//! - [`Refusal`] never changes, so any version can read why it was turned away.
+
+use serde::{Deserialize, Serialize};
+
+use crate::labels::Labels;
+
+/// ALPN protocol identifier for every Continuum connection, QUIC or TLS over TCP.
+pub const ALPN: &[u8] = b"continuum/1";
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest version the control plane still serves (one behind the current one), so
+/// upgrading the control plane never strands a site.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Whether the control plane of this build serves agents speaking `version`.
+pub fn is_supported(version: u16) -> bool {
+    (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
+
+/// What a stream is for. The kind fixes the message types and the frame size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum StreamKind {
+    /// Join with a token, or renew a certificate by proving possession of the site key.
+    Enroll = 1,
+    /// The long-lived stream of one agent session: hello, welcome, heartbeats, notices.
+    Control = 2,
+}
+
+impl StreamKind {
+    /// The largest frame accepted on a stream of this kind, in bytes (payload only).
+    pub const fn frame_limit(self) -> usize {
+        match self {
+            StreamKind::Enroll => 16 * 1024,
+            StreamKind::Control => 64 * 1024,
+        }
+    }
+
+    /// Decodes the kind byte of a preamble.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(StreamKind::Enroll),
+            2 => Some(StreamKind::Control),
+            _ => None,
+        }
+    }
+
+    /// A lower-case name for logs and error messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StreamKind::Enroll => "enroll",
+            StreamKind::Control => "control",
+        }
+    }
+}
+
+/// Why a request was turned down. Sent as a frame before the connection closes, and
+/// never changed between versions so that every agent can read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// A machine-readable reason.
+    pub code: RefusalCode,
+    /// What happened and what to do about it, for a site admin to read.
+    pub message: String,
+}
+
+/// Machine-readable refusal reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalCode {
+    /// The join token is unknown to this control plane or its secret is wrong.
+    InvalidToken,
+    /// The join token's lifetime is over.
+    TokenExpired,
+    /// The join token has no uses left.
+    TokenUsed,
+    /// Another site is already enrolled under the requested name.
+    NameTaken,
+    /// The request is malformed (bad CSR, bad name, wrong message for the stream).
+    BadRequest,
+    /// The site has been revoked by an operator.
+    Revoked,
+    /// The certificate or key does not belong to any enrolled site.
+    UnknownSite,
+    /// The protocol version is not served by this control plane.
+    UnsupportedVersion,
+    /// The stream needs a client certificate and the connection has none.
+    Unauthenticated,
+    /// The control plane failed; retrying later may help.
+    Internal,
+}
+
+/// Application close codes carried in QUIC CONNECTION_CLOSE frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly end of a session.
+    Normal = 0,
+    /// The peer broke the protocol (garbage, oversized frame, wrong message).
+    Protocol = 1,
+    /// The peer speaks a protocol version that is not served.
+    Version = 2,
+    /// The peer could not prove who it is, or may not do what it asked.
+    Unauthorized = 3,
+    /// The site was revoked; it will not be let back in.
+    Revoked = 4,
+    /// The control plane is shutting down; reconnect later.
+    ShuttingDown = 5,
+    /// A newer connection of the same site took this one's place.
+    Replaced = 6,
+    /// An internal error on the closing side.
+    Internal = 7,
+}
+
+impl CloseCode {
+    /// Maps a received code back; unknown codes read as [`CloseCode::Protocol`].
+    pub fn from_u32(code: u32) -> Self {
+        match code {
+            0 => CloseCode::Normal,
+            2 => CloseCode::Version,
+            3 => CloseCode::Unauthorized,
+            4 => CloseCode::Revoked,
+            5 => CloseCode::ShuttingDown,
+            6 => CloseCode::Replaced,
+            7 => CloseCode::Internal,
+            _ => CloseCode::Protocol,
+        }
+    }
+}
+
+/// The first frame on an [`StreamKind::Enroll`] stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EnrollRequest {
+    /// A new site joins with a token.
+    Join(JoinRequest),
+    /// An enrolled site asks for a fresh certificate for its registered key.
+    Renew(RenewRequest),
+}
+
+/// A join: the token's secret, and a certificate request made with a key that never
+/// leaves the site.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token's public identifier.
+    pub token_id: String,
+    /// The token's secret, proving the operator handed this token out.
+    pub token_secret: Vec<u8>,
+    /// The site name asked for; the control plane derives one from the token if absent.
+    pub name: Option<String>,
+    /// The site's host name, used to derive names under fleet tokens.
+    pub hostname: String,
+    /// A PKCS#10 certificate signing request (DER), self-signed with the site key.
+    pub csr_der: Vec<u8>,
+}
+
+/// A renewal. It works without a valid client certificate (one that expired while the
+/// site was offline) because `proof` shows possession of the registered key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The site's name.
+    pub site: String,
+    /// A certificate signing request for the site's registered key (DER).
+    pub csr_der: Vec<u8>,
+    /// Signature by the site key over [`renewal_proof_message`] for this connection.
+    pub proof: Vec<u8>,
+}
+
+/// The label under which both ends export TLS keying material for a renewal proof.
+pub const RENEWAL_EXPORTER_LABEL: &[u8] = b"EXPORTER-continuum-renewal";
+
+/// The bytes a site signs to prove possession of its key on one particular connection:
+/// a fixed context, the site name, and keying material exported from the TLS session,
+/// so a proof cannot be replayed on another connection.
+pub fn renewal_proof_message(site: &str, exported: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(32 + site.len() + exported.len());
+    message.extend_from_slice(b"continuum renewal proof v1\0");
+    message.extend_from_slice(site.as_bytes());
+    message.push(0);
+    message.extend_from_slice(exported);
+    message
+}
+
+/// The answer on an enroll stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EnrollResponse {
+    /// A certificate was issued.
+    Issued(IssuedCertificate),
+    /// The request was turned down.
+    Refused(Refusal),
+}
+
+/// A site certificate and what the site needs to use it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedCertificate {
+    /// The name the site is enrolled under (its certificate's common name).
+    pub site: String,
+    /// The site's certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The control plane's CA certificate (DER), trusted from now on.
+    pub ca_der: Vec<u8>,
+    /// Start of the certificate's validity, Unix seconds.
+    pub not_before: i64,
+    /// End of the certificate's validity, Unix seconds.
+    pub not_after: i64,
+    /// Labels the operator gave the site through its token.
+    pub labels: Labels,
+}
+
+/// The first frame of an agent on its control stream (protocol version 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The agent's version string.
+    pub agent_version: String,
+    /// Detected facts about the site (arch, os, cpus, memory, hostname, engine).
+    pub labels: Labels,
+    /// When the agent process started, Unix seconds.
+    pub started_at: i64,
+}
+
+/// Message shapes of protocol version 1, still served.
+pub mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    /// Version 1's hello: every label was a string, and the start time was not sent.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Hello {
+        /// The agent's version string.
+        pub agent_version: String,
+        /// Detected facts, all as strings.
+        pub labels: BTreeMap<String, String>,
+    }
+
+    impl From<Hello> for super::Hello {
+        fn from(old: Hello) -> Self {
+            super::Hello {
+                agent_version: old.agent_version,
+                labels: old
+                    .labels
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let value = crate::labels::LabelValue::from_legacy(&key, value);
+                        (key, value)
+                    })
+                    .collect(),
+                started_at: 0,
+            }
+        }
+    }
+}
+
+/// What the control plane sends on a control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// The session is accepted.
+    Welcome(Welcome),
+    /// The session is refused; the connection closes next.
+    Refused(Refusal),
+}
+
+/// Acceptance of a session, with the parameters the agent should use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The site name the control plane knows this agent by.
+    pub site: String,
+    /// The protocol version of this session.
+    pub protocol_version: u16,
+    /// How often the agent should send a heartbeat.
+    pub heartbeat_secs: u32,
+    /// The control plane's clock, Unix seconds, so the agent can report skew.
+    pub server_time: i64,
+}
+
+/// What an agent sends on its control stream after its hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// The agent is alive.
+    Heartbeat(Heartbeat),
+}
+
+/// A liveness beat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Counts up from 1 within a session.
+    pub seq: u64,
+    /// Seconds since the agent process started.
+    pub uptime_secs: u64,
+}

@@ -1,0 +1,138 @@
+//! The `continuum-agent` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::AgentError;
+use crate::identity::Identity;
+use crate::paths::default_state_dir;
+use crate::run::RunOptions;
+
+/// The Continuum site agent: joins a control plane, keeps a secure link to it, and runs
+/// what the central team deploys here.
+#[derive(Debug, Parser)]
+#[command(name = "continuum-agent", version = crate::VERSION, about, propagate_version = true)]
+pub struct Cli {
+    /// Where the agent keeps its key, certificate and state
+    /// (default: /var/lib/continuum-agent as root, else ~/.local/state/continuum-agent).
+    #[arg(long, global = true, env = "CONTINUUM_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `info,quinn=warn`.
+    #[arg(
+        long,
+        global = true,
+        env = "CONTINUUM_AGENT_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Table,
+    /// For programs.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll this site with the control plane that issued TOKEN.
+    Join {
+        /// The join token from `continuum token create`.
+        #[arg(env = "CONTINUUM_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The site's name (default: the token's name, or NAME-hostname under a fleet token).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Connect to the control plane and stay connected (the service's main command).
+    Run {
+        /// First reconnect delay (the delay doubles per failure, with jitter).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        reconnect_base: Duration,
+        /// Longest reconnect delay.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        reconnect_max: Duration,
+    },
+    /// Show this site's identity and link state, from local files.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// Exit code of a run that stopped because the site was revoked (systemd units list it
+/// in `RestartPreventExitStatus`, so a revoked site is not restarted forever).
+pub const EXIT_REVOKED: u8 = 3;
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<u8, AgentError> {
+    let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
+    match cli.command {
+        Command::Join { token, name } => {
+            let identity = crate::join::join(&token, name, &state_dir).await?;
+            println!(
+                "Joined as site {:?} (state in {}).",
+                identity.site,
+                state_dir.display()
+            );
+            println!("Start the agent with:  continuum-agent run");
+            Ok(0)
+        }
+        Command::Run {
+            reconnect_base,
+            reconnect_max,
+        } => {
+            let options = RunOptions {
+                state_dir,
+                reconnect_base,
+                reconnect_max,
+            };
+            match crate::run::run(options, shutdown_signal()).await {
+                Ok(()) => Ok(0),
+                Err(AgentError::Revoked(reason)) => {
+                    eprintln!("error: this site was revoked by the central team: {reason}");
+                    Ok(EXIT_REVOKED)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Status { output } => {
+            let identity = Identity::load(&state_dir)?;
+            let report = crate::status::report(&state_dir, identity.as_ref());
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+                Output::Table => print!("{}", crate::status::render(&report)),
+            }
+            Ok(if identity.is_some() { 0 } else { 1 })
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

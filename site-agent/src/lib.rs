@@ -1,0 +1,38 @@
+//! The Continuum site agent (`continuum-agent`).
+//!
+//! `join` enrolls the site with a token: a key pair made here (the private key never
+//! leaves the site), the control plane verified against the CA fingerprint the token
+//! carries, a certificate issued for that key. `run` then holds one mutual-TLS QUIC
+//! connection to the control plane, says hello, heartbeats, renews its certificate
+//! before it expires, and reconnects with jittered backoff whenever the link drops.
+//! `status` answers from local files, whether or not the control plane is reachable.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line; [`paths`]: where state lives.
+//! - [`identity`]: the site key, certificate and control-plane addresses on disk.
+//! - [`join`], [`renew`]: enrollment and certificate renewal.
+//! - [`connect`]: dialing the control plane; [`session`]: one connected session;
+//!   [`run`]: the reconnect loop around sessions.
+//! - [`labels`]: facts detected about this host.
+//! - [`status`]: the status file the running agent keeps, and its display.
+//! - [`error`]: the agent's errors.
+
+pub mod cli;
+pub mod connect;
+pub mod error;
+pub mod identity;
+pub mod join;
+pub mod labels;
+pub mod paths;
+pub mod renew;
+pub mod run;
+pub mod session;
+pub mod status;
+
+/// The agent's version: stamped at build time through `CONTINUUM_AGENT_VERSION`, else
+/// the crate version.
+pub const VERSION: &str = match option_env!("CONTINUUM_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `continuum` and `continuum-agent` binaries over real QUIC
+//! and HTTPS on loopback. One module per topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e {
+    mod enroll;
+    mod hostile;
+    mod lifecycle;
+    mod operators;
+    mod protocol;
+}

@@ -20,7 +20,7 @@ use continuum_shared::protocol::{
 use continuum_shared::tls::{provider, transport_config};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::datadir::ServerIdentity;
@@ -37,6 +37,9 @@ const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
 const ENROLL_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// How many streams a connection without a certificate may open.
 const ENROLL_CONNECTION_STREAMS: usize = 4;
+/// Most connections without a certificate (joins, expired renewals) served at once;
+/// more are refused until some finish, so a flood cannot crowd out enrolled sites.
+const MAX_ENROLL_CONNECTIONS: usize = 1024;
 /// Time given to a refused peer to read the refusal before the connection closes.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
@@ -113,11 +116,12 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let enroll_slots = Arc::new(Semaphore::new(MAX_ENROLL_CONNECTIONS));
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                tokio::spawn(handle_incoming(cp.clone(), incoming));
+                tokio::spawn(handle_incoming(cp.clone(), incoming, enroll_slots.clone()));
             }
             _ = crate::server::stopping(&mut shutdown) => break,
         }
@@ -133,7 +137,11 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-async fn handle_incoming(cp: Arc<ControlPlane>, incoming: quinn::Incoming) {
+async fn handle_incoming(
+    cp: Arc<ControlPlane>,
+    incoming: quinn::Incoming,
+    enroll_slots: Arc<Semaphore>,
+) {
     let remote = incoming.remote_address();
     let connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(connection)) => connection,
@@ -153,7 +161,16 @@ async fn handle_incoming(cp: Arc<ControlPlane>, incoming: quinn::Incoming) {
     };
     match identity {
         Ok(Ok(Some(site))) => serve_site(cp, link, site).await,
-        Ok(Ok(None)) => serve_enrollment(cp, link).await,
+        Ok(Ok(None)) => match enroll_slots.try_acquire_owned() {
+            Ok(_slot) => serve_enrollment(cp, link).await,
+            Err(_) => {
+                warn!(%remote, "too many enrollment connections at once; refusing one");
+                link.close(
+                    CloseCode::ShuttingDown,
+                    "the control plane is busy enrolling sites; retry shortly",
+                );
+            }
+        },
         Ok(Err(refusal)) => {
             info!(%remote, reason = %refusal.message, "refused a site certificate");
             refuse_first_stream(&link, refusal).await;

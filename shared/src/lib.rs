@@ -10,6 +10,7 @@
 //! - [`protocol`]: versioned message types, stream kinds and their size limits, close codes.
 //! - [`framing`]: the stream preamble and length-prefixed frames (the only user of bincode).
 //! - [`labels`]: site labels, whose numeric facts stay numbers on the wire and in JSON.
+//! - [`manifest`]: release manifests (TOML), checked with file, line and field.
 //! - [`token`]: join tokens (`ctj1.…`), which pin the control plane's CA on first contact.
 //! - [`names`]: the rules for site and operator names.
 //! - [`tls`]: the rustls crypto provider, the CA-pinning verifier used at join, QUIC configs.
@@ -24,6 +25,7 @@ pub mod files;
 pub mod framing;
 pub mod labels;
 pub mod link;
+pub mod manifest;
 pub mod names;
 pub mod protocol;
 pub mod tls;

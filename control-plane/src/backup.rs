@@ -1,16 +1,16 @@
-//! Backup and restore: the CA, keys and state in one tar archive, so that losing the
-//! control-plane machine never means visiting every site. Sites keep trusting the same
-//! CA and keep their certificates; operators keep their credentials.
+//! Backup and restore: the CA, keys, TUF repositories and state in one tar archive, so
+//! that losing the control-plane machine never means visiting every site. Sites keep
+//! trusting the same CA and the same TUF roots; operators keep their credentials.
 //!
 //! ```text
 //! continuum-backup.json   format version, time, version, CA fingerprint
-//! keys/<file>             the data directory's key and certificate files
+//! files/<path>            every file of the data directory but the live store and client.toml
 //! state.json              every state tree, keys and values in base64
 //! ```
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,18 +22,10 @@ use crate::datadir::DataDir;
 use crate::plane::{ControlPlane, rfc3339};
 use crate::store::{SledStore, Store, Tree};
 
-/// The files of a data directory that a backup carries.
-pub const KEY_FILES: &[&str] = &[
-    "ca.crt",
-    "ca.key",
-    "server.crt",
-    "server.key",
-    "server-cert.json",
-    "director.key",
-];
 const MANIFEST: &str = "continuum-backup.json";
 const STATE: &str = "state.json";
-const FORMAT: u32 = 1;
+const FILES: &str = "files/";
+const FORMAT: u32 = 2;
 /// Largest archive `restore` reads.
 const MAX_ARCHIVE: u64 = 4 << 30;
 
@@ -82,6 +74,33 @@ fn append(
         .map_err(|e| BackupError::Io(format!("building the archive: {e}")))
 }
 
+/// Every file of the data directory that a backup carries, relative to it: everything
+/// but the live state store (dumped separately), the client file (it holds the
+/// operator's credential) and temporary files.
+fn data_files(root: &Path) -> Result<Vec<PathBuf>, BackupError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+            let name = relative.to_string_lossy();
+            if name == "state" || name == "client.toml" || name.contains(".tmp.") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else if path.is_file() {
+                out.push(relative);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(root, root, &mut files)
+        .map_err(|e| BackupError::Io(format!("reading {}: {e}", root.display())))?;
+    files.sort();
+    Ok(files)
+}
+
 /// Builds a backup archive of a running control plane.
 pub fn create(cp: &ControlPlane) -> Result<Vec<u8>, BackupError> {
     cp.store.flush()?;
@@ -97,13 +116,16 @@ pub fn create(cp: &ControlPlane) -> Result<Vec<u8>, BackupError> {
         MANIFEST,
         &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
     )?;
-    for name in KEY_FILES {
-        let path = cp.data_dir.file(name);
-        if path.exists() {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| BackupError::Io(format!("reading {}: {e}", path.display())))?;
-            append(&mut builder, &format!("keys/{name}"), &bytes)?;
-        }
+    let root = cp.data_dir.root();
+    for relative in data_files(root)? {
+        let path = root.join(&relative);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| BackupError::Io(format!("reading {}: {e}", path.display())))?;
+        append(
+            &mut builder,
+            &format!("{FILES}{}", relative.to_string_lossy()),
+            &bytes,
+        )?;
     }
     let mut state = State::default();
     for tree in Tree::ALL {
@@ -125,6 +147,17 @@ pub fn create(cp: &ControlPlane) -> Result<Vec<u8>, BackupError> {
         .map_err(|e| BackupError::Io(format!("finishing the archive: {e}")))
 }
 
+/// A relative path inside the data directory, or `None` for anything that could
+/// escape it or touch the live store.
+fn safe_relative(path: &str) -> Option<PathBuf> {
+    let candidate = Path::new(path);
+    let normal = candidate
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    let first = candidate.components().next()?;
+    (normal && first.as_os_str() != "state").then(|| candidate.to_path_buf())
+}
+
 /// Restores an archive into a new data directory, which must not hold a control plane.
 /// Returns the CA fingerprint, for the operator to compare.
 pub fn restore(archive_path: &Path, dir: &DataDir, sled_cache: u64) -> Result<String, BackupError> {
@@ -135,7 +168,7 @@ pub fn restore(archive_path: &Path, dir: &DataDir, sled_cache: u64) -> Result<St
         .map_err(|e| BackupError::Io(format!("{}: {e}", archive_path.display())))?;
     let mut archive = tar::Archive::new(file.take(MAX_ARCHIVE));
     let mut manifest: Option<Manifest> = None;
-    let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut state: Option<State> = None;
     let damaged = |e: std::io::Error| {
         BackupError::Invalid(format!("{} is damaged: {e}", archive_path.display()))
@@ -159,14 +192,11 @@ pub fn restore(archive_path: &Path, dir: &DataDir, sled_cache: u64) -> Result<St
                 serde_json::from_slice(&bytes)
                     .map_err(|e| BackupError::Invalid(format!("{STATE}: {e}")))?,
             );
-        } else if let Some(name) = path
-            .strip_prefix("keys/")
-            .and_then(|n| KEY_FILES.iter().find(|k| **k == n))
-        {
-            keys.push((name, bytes));
+        } else if let Some(relative) = path.strip_prefix(FILES).and_then(safe_relative) {
+            files.push((relative, bytes));
         } else {
             return Err(BackupError::Invalid(format!(
-                "unexpected file {path:?} in the archive"
+                "unexpected entry {path:?} in the archive"
             )));
         }
     }
@@ -180,9 +210,9 @@ pub fn restore(archive_path: &Path, dir: &DataDir, sled_cache: u64) -> Result<St
     }
     let state = state.ok_or_else(|| BackupError::Invalid("the archive holds no state".into()))?;
     for required in ["ca.crt", "ca.key"] {
-        if !keys.iter().any(|(name, _)| *name == required) {
+        if !files.iter().any(|(p, _)| p == Path::new(required)) {
             return Err(BackupError::Invalid(format!(
-                "the archive lacks keys/{required}"
+                "the archive lacks {required}"
             )));
         }
     }
@@ -201,10 +231,29 @@ pub fn restore(archive_path: &Path, dir: &DataDir, sled_cache: u64) -> Result<St
         }
     }
     store.flush()?;
-    // Keys last: a data directory counts as initialized only once ca.key exists.
-    keys.sort_by_key(|(name, _)| *name == "ca.key");
-    for (name, bytes) in keys {
-        write_private(&dir.file(name), &bytes).map_err(|e| BackupError::Io(e.to_string()))?;
+    // The CA key last: a data directory counts as initialized only once it exists.
+    files.sort_by_key(|(p, _)| p == Path::new("ca.key"));
+    for (relative, bytes) in files {
+        let path = dir.root().join(&relative);
+        if let Some(parent) = path.parent() {
+            create_private_dir(parent).map_err(|e| BackupError::Io(e.to_string()))?;
+        }
+        write_private(&path, &bytes).map_err(|e| BackupError::Io(e.to_string()))?;
     }
     Ok(manifest.ca_sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_paths_cannot_escape_or_touch_the_store() {
+        assert!(safe_relative("tuf/image/metadata/1.root.json").is_some());
+        assert!(safe_relative("../etc/passwd").is_none());
+        assert!(safe_relative("/etc/passwd").is_none());
+        assert!(safe_relative("keys/../../x").is_none());
+        assert!(safe_relative("state/db").is_none());
+        assert!(safe_relative("").is_none());
+    }
 }

@@ -16,6 +16,7 @@ struct Session {
     id: u64,
     link: Link,
     view: LiveView,
+    desired: tokio::sync::watch::Sender<u64>,
 }
 
 /// What is known about a connected site's session.
@@ -49,20 +50,40 @@ impl Fleet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers `site`'s new session and returns its id; an older session of the same
-    /// site is closed.
-    pub fn attach(&self, site: &str, link: Link, view: LiveView) -> u64 {
+    /// Registers `site`'s new session and returns its id, and the channel on which the
+    /// session hears of new desired-state generations; an older session of the same site
+    /// is closed.
+    pub fn attach(
+        &self,
+        site: &str,
+        link: Link,
+        view: LiveView,
+        generation: u64,
+    ) -> (u64, tokio::sync::watch::Receiver<u64>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let old = self
-            .lock()
-            .insert(site.to_owned(), Session { id, link, view });
+        let (desired, notices) = tokio::sync::watch::channel(generation);
+        let session = Session {
+            id,
+            link,
+            view,
+            desired,
+        };
+        let old = self.lock().insert(site.to_owned(), session);
         if let Some(old) = old {
             old.link.close(
                 CloseCode::Replaced,
                 "a newer connection of this site took over",
             );
         }
-        id
+        (id, notices)
+    }
+
+    /// Tells `site`'s session, if connected, that its desired state is now at
+    /// `generation`.
+    pub fn notify(&self, site: &str, generation: u64) {
+        if let Some(session) = self.lock().get(site) {
+            session.desired.send_replace(generation);
+        }
     }
 
     /// Removes a session when it ends, unless a newer one already replaced it.

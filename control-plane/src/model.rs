@@ -49,6 +49,9 @@ pub struct SiteRecord {
     /// Who revoked it.
     #[serde(default)]
     pub revoked_by: Option<String>,
+    /// What the site last reported about its desired state.
+    #[serde(default)]
+    pub trust: Option<TrustReport>,
 }
 
 impl SiteRecord {
@@ -192,4 +195,66 @@ pub struct AuditEntry {
     /// Why it was denied or failed, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// A published release as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseRecord {
+    /// Service name.
+    pub service: String,
+    /// Release version.
+    pub version: String,
+    /// Image-repository target name of its manifest.
+    pub target: String,
+    /// SHA-256 (hex) of the manifest.
+    pub sha256: String,
+    /// Length of the manifest in bytes.
+    pub length: u64,
+    /// The container image it runs.
+    pub image: String,
+    /// When it was published (RFC 3339).
+    pub published_at: String,
+    /// Who published it.
+    pub published_by: String,
+    /// Whether the release key that signed it is held offline (`offline`) or by this
+    /// control plane (`control-plane`).
+    pub signed_by: String,
+}
+
+/// One release in a site's desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredRelease {
+    /// Release version.
+    pub version: String,
+    /// Whether an operator pinned it with `continuum site assign`.
+    pub pinned: bool,
+}
+
+/// A site's desired state as stored; the generation is its director targets version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredRecord {
+    /// The site.
+    pub site: String,
+    /// Increases with every change.
+    pub generation: u64,
+    /// Service name to release.
+    pub releases: std::collections::BTreeMap<String, DesiredRelease>,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+    /// Who changed it.
+    pub updated_by: String,
+}
+
+/// What a site last reported about its desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrustReport {
+    /// The generation the site verified last (0: none yet).
+    pub verified_generation: u64,
+    /// `verified`, `refused` or `stale`.
+    pub state: String,
+    /// Why, when not verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the site reported it (RFC 3339).
+    pub at: String,
 }

@@ -7,6 +7,8 @@ use crate::ca::CertificateAuthority;
 use crate::datadir::DataDir;
 use crate::fleet::Fleet;
 use crate::store::Store;
+use crate::tuf::director::Director;
+use crate::tuf::image::ImageRepo;
 
 /// Run-time knobs that the server's parts need.
 #[derive(Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct Settings {
     pub site_cert_ttl: Duration,
     /// How often agents send heartbeats.
     pub heartbeat: Duration,
+    /// Lifetime of signed timestamps.
+    pub timestamp_ttl: Duration,
 }
 
 /// Everything a request or a session needs.
@@ -31,6 +35,10 @@ pub struct ControlPlane {
     pub settings: Settings,
     /// Where keys live (for backups).
     pub data_dir: DataDir,
+    /// The image repository (releases).
+    pub image: ImageRepo,
+    /// The director repository (desired state per site).
+    pub director: Director,
 }
 
 /// A Unix timestamp as RFC 3339 (UTC), the time format of the API and CLI.

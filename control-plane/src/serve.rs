@@ -17,6 +17,9 @@ use crate::model::Role;
 use crate::plane::{ControlPlane, Settings};
 use crate::server::{Listeners, run};
 use crate::store::{SledStore, Store};
+use crate::tuf::Lifetimes;
+use crate::tuf::director::Director;
+use crate::tuf::image::ImageRepo;
 use crate::{operators, tokens};
 
 /// The names the server certificate covers: what is advertised, plus loopback.
@@ -132,14 +135,26 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|h| host_port(h, quic_addr.port()))
         .collect();
+    let lifetimes = Lifetimes {
+        timestamp: args.timestamp_ttl,
+        ..Lifetimes::default()
+    };
+    let (image, image_created) = ImageRepo::open(dir.root(), lifetimes.clone()).await?;
+    let (director, director_created) = Director::open(dir.root(), lifetimes).await?;
+    let mut created = keys.created.clone();
+    created.extend(image_created);
+    created.extend(director_created);
     let cp = Arc::new(ControlPlane {
         store,
+        image,
+        director,
         ca: keys.ca,
         fleet: Default::default(),
         settings: Settings {
             agent_addresses: agent_addresses.clone(),
             site_cert_ttl: args.site_cert_ttl,
             heartbeat: args.heartbeat_interval,
+            timestamp_ttl: args.timestamp_ttl,
         },
         data_dir: dir.clone(),
     });
@@ -152,8 +167,14 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  API (HTTPS):     {api_url}  (listening on {http_addr})");
     println!("  CA sha256:       {}", hex(&cp.ca.fingerprint()));
-    if !keys.created.is_empty() {
-        println!("  created:         {}", keys.created.join(", "));
+    if !created.is_empty() {
+        println!("  created:         {}", created.join(", "));
+    }
+    if cp.image.holds_release_key() {
+        println!(
+            "  release key:     held in {}/keys (fine for trying things out; production keeps release and root keys offline: `continuum keys init`)",
+            dir.root().display()
+        );
     }
     if let Some(credential) = &first_admin {
         println!();

@@ -31,13 +31,15 @@ pub async fn run(
         listeners.https,
         https_tls,
         api::router(cp.clone()),
-        stopped,
+        stopped.clone(),
     ));
+    let refresher = tokio::spawn(refresh_signatures(cp.clone(), stopped));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = agents.await;
     let _ = api.await;
+    let _ = refresher.await;
     if let Err(e) = cp.store.flush() {
         tracing::error!(error = %e, "flushing state at shutdown failed");
     }
@@ -46,4 +48,27 @@ pub async fn run(
 /// Resolves once the shutdown flag turns true (or its sender is gone).
 pub async fn stopping(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|stop| *stop).await;
+}
+
+/// Re-signs timestamps and snapshots before they expire, for the image repository and
+/// every site's director metadata, until shutdown.
+async fn refresh_signatures(cp: Arc<ControlPlane>, mut shutdown: watch::Receiver<bool>) {
+    let period = (cp.settings.timestamp_ttl / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stopping(&mut shutdown) => return,
+        }
+        if let Err(e) = cp.image.refresh(false).await {
+            tracing::error!(error = %e, "re-signing the image repository's timestamp failed");
+        }
+        match cp.director.refresh_all(false).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sites = n, "re-signed director timestamps"),
+            Err(e) => tracing::error!(error = %e, "re-signing director timestamps failed"),
+        }
+    }
 }

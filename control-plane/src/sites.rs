@@ -73,6 +73,7 @@ pub fn join(cp: &ControlPlane, request: &JoinRequest) -> Result<IssuedCertificat
         last_address: None,
         revoked_at: None,
         revoked_by: None,
+        trust: None,
     };
 
     // Claim the name atomically. A retry by the same site (same key, same token, e.g.
@@ -355,4 +356,37 @@ pub fn get(cp: &ControlPlane, site: &str) -> Result<Option<SiteRecord>, StoreErr
 /// Every site, by name.
 pub fn list(cp: &ControlPlane) -> Result<Vec<SiteRecord>, StoreError> {
     cp.store.list_json(Tree::Sites)
+}
+
+/// Records what a site reported about its desired state. A report with a reason is
+/// bounded, so a hostile agent cannot grow the record.
+pub fn record_trust(
+    cp: &ControlPlane,
+    site: &str,
+    status: &continuum_shared::protocol::TrustStatus,
+) {
+    use continuum_shared::protocol::TrustState;
+    let state = match status.state {
+        TrustState::Verified => "verified",
+        TrustState::Refused => "refused",
+        TrustState::Stale => "stale",
+    };
+    let reason = status
+        .reason
+        .as_ref()
+        .map(|r| r.chars().take(1024).collect::<String>());
+    let report = crate::model::TrustReport {
+        verified_generation: status.verified_generation,
+        state: state.into(),
+        reason,
+        at: crate::plane::rfc3339(unix_now()),
+    };
+    let result = cp.store.update(Tree::Sites, site.as_bytes(), &mut |old| {
+        let mut record: SiteRecord = decode(Tree::Sites, b"", old?).ok()?;
+        record.trust = Some(report.clone());
+        encode(&record).ok()
+    });
+    if let Err(e) = result {
+        tracing::warn!(site, error = %e, "could not record the site's trust report");
+    }
 }

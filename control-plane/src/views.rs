@@ -50,6 +50,8 @@ pub struct SiteView {
     pub certificate_expires: String,
     /// When it was revoked, if it was.
     pub revoked_at: Option<String>,
+    /// What the site last reported about its desired state.
+    pub trust: Option<crate::model::TrustReport>,
 }
 
 impl SiteView {
@@ -78,6 +80,7 @@ impl SiteView {
             enrolled_at: rfc3339(record.enrolled_at),
             certificate_expires: rfc3339(record.cert_not_after),
             revoked_at: record.revoked_at.map(rfc3339),
+            trust: record.trust.clone(),
         }
     }
 }
@@ -207,4 +210,38 @@ pub struct WhoAmI {
     pub name: String,
     /// Role.
     pub role: Role,
+}
+
+/// A release to publish.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleasePublish {
+    /// The manifest's file name, for error messages.
+    pub file: String,
+    /// The manifest (TOML).
+    pub manifest: String,
+    /// Image targets metadata signed offline by the release key(s), listing the manifest;
+    /// absent to have the control plane sign with its own release key.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub targets: Option<serde_json::Value>,
+}
+
+/// What release managers sign the next targets metadata against.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningBase {
+    /// The image repository's newest root (signed).
+    #[schema(value_type = Object)]
+    pub root: serde_json::Value,
+    /// Its current targets (signed).
+    #[schema(value_type = Object)]
+    pub targets: serde_json::Value,
+}
+
+/// A manual assignment of a release to a site.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Assign {
+    /// Service name.
+    pub service: String,
+    /// Release version.
+    pub version: String,
 }

@@ -202,7 +202,8 @@ pub fn quic_closed(error: &quinn::ConnectionError) -> LinkClosed {
 }
 
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A boxed reading half of a stream.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 
 /// A stream the peer opened, whose preamble has not been read yet.
 pub struct IncomingStream {
@@ -287,5 +288,85 @@ impl FramedStream {
     /// Ends the sending side; the peer reads the end of the stream after the last frame.
     pub async fn finish(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.send.shutdown()).await;
+    }
+
+    /// Splits the stream so that reading can run in its own task. Reading a frame is not
+    /// cancel-safe (a dropped read loses the bytes already taken), so a loop that also
+    /// waits on timers must receive through [`FrameReader::spawn`] instead.
+    pub fn split(self) -> (FrameWriter, FrameReader) {
+        let limit = self.kind.frame_limit();
+        (
+            FrameWriter {
+                send: self.send,
+                limit,
+            },
+            FrameReader {
+                recv: self.recv,
+                limit,
+            },
+        )
+    }
+
+    /// Reads raw bytes after the frames (fetch streams carry file contents this way).
+    pub fn into_raw_reader(self) -> BoxRead {
+        self.recv
+    }
+}
+
+/// The sending half of a split stream.
+pub struct FrameWriter {
+    send: BoxWrite,
+    limit: usize,
+}
+
+impl FrameWriter {
+    /// Sends one message and flushes it.
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), LinkError> {
+        framing::write_frame(&mut self.send, message, self.limit).await?;
+        self.send.flush().await.map_err(FrameError::Io)?;
+        Ok(())
+    }
+
+    /// Sends raw bytes (the contents that follow a fetch answer).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.send.write_all(bytes).await.map_err(FrameError::Io)?;
+        Ok(())
+    }
+
+    /// Ends the sending side.
+    pub async fn finish(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.send.shutdown()).await;
+    }
+}
+
+/// The receiving half of a split stream.
+pub struct FrameReader {
+    recv: BoxRead,
+    limit: usize,
+}
+
+impl FrameReader {
+    /// Receives one message; `None` when the peer finished the stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, LinkError> {
+        Ok(framing::read_frame(&mut self.recv, self.limit).await?)
+    }
+
+    /// Reads frames in a task of their own and hands them over a channel, whose receive
+    /// is safe to use in `select!`. The channel yields the end of the stream as `Ok(None)`
+    /// and closes after it or after the first error.
+    pub fn spawn<T: DeserializeOwned + Send + 'static>(
+        mut self,
+    ) -> tokio::sync::mpsc::Receiver<Result<Option<T>, LinkError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let item = self.recv::<T>().await;
+                let last = !matches!(item, Ok(Some(_)));
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        rx
     }
 }

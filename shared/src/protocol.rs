@@ -38,6 +38,9 @@ pub enum StreamKind {
     Enroll = 1,
     /// The long-lived stream of one agent session: hello, welcome, heartbeats, notices.
     Control = 2,
+    /// One download of TUF metadata or a target, from an offset (so a broken transfer
+    /// resumes where it stopped).
+    Fetch = 3,
 }
 
 impl StreamKind {
@@ -46,6 +49,7 @@ impl StreamKind {
         match self {
             StreamKind::Enroll => 16 * 1024,
             StreamKind::Control => 64 * 1024,
+            StreamKind::Fetch => 16 * 1024,
         }
     }
 
@@ -54,6 +58,7 @@ impl StreamKind {
         match byte {
             1 => Some(StreamKind::Enroll),
             2 => Some(StreamKind::Control),
+            3 => Some(StreamKind::Fetch),
             _ => None,
         }
     }
@@ -63,6 +68,7 @@ impl StreamKind {
         match self {
             StreamKind::Enroll => "enroll",
             StreamKind::Control => "control",
+            StreamKind::Fetch => "fetch",
         }
     }
 }
@@ -269,6 +275,12 @@ pub enum ServerMessage {
     Welcome(Welcome),
     /// The session is refused; the connection closes next.
     Refused(Refusal),
+    /// The site's desired state is at this generation: fetch and verify it. Sent after
+    /// the welcome and whenever it changes (never to version-1 agents).
+    DesiredState {
+        /// The director targets version for this site.
+        generation: u64,
+    },
 }
 
 /// Acceptance of a session, with the parameters the agent should use.
@@ -289,6 +301,65 @@ pub struct Welcome {
 pub enum AgentMessage {
     /// The agent is alive.
     Heartbeat(Heartbeat),
+    /// What the agent made of its desired state.
+    Trust(TrustStatus),
+}
+
+/// The outcome of an agent's last attempt to take on new desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustStatus {
+    /// The generation it verified last and keeps running (0: none yet).
+    pub verified_generation: u64,
+    /// The result of the last attempt.
+    pub state: TrustState,
+    /// Why, when not verified.
+    pub reason: Option<String>,
+}
+
+/// Results of verifying desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrustState {
+    /// The newest desired state verified and is now in force.
+    Verified,
+    /// The newest desired state was refused; the previous one stays in force.
+    Refused,
+    /// New state could not be fetched or has expired; the previous one stays in force.
+    Stale,
+}
+
+/// Which TUF repository a fetch reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Repository {
+    /// Releases and artifacts, signed by the release keys.
+    Image,
+    /// This site's desired state, signed by the director.
+    Director,
+}
+
+/// The first frame on a fetch stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Which repository.
+    pub repository: Repository,
+    /// `metadata/<file>` or `targets/<path>`, as a TUF client asks for them.
+    pub path: String,
+    /// Byte offset to start from (non-zero when resuming).
+    pub offset: u64,
+}
+
+/// The answer on a fetch stream; after `Found`, exactly `length - offset` raw bytes
+/// follow and the stream ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FetchResponse {
+    /// The file exists; its whole length.
+    Found {
+        /// Total length of the file.
+        length: u64,
+    },
+    /// No such file (TUF clients treat this differently from other failures).
+    NotFound,
+    /// The request is not allowed or malformed.
+    Refused(Refusal),
 }
 
 /// A liveness beat.

@@ -52,6 +52,11 @@ pub enum Command {
         /// The site's name (default: the token's name, or NAME-hostname under a fleet token).
         #[arg(long)]
         name: Option<String>,
+        /// SHA-256 of the image repository's first root, obtained out of band from the
+        /// release managers: then not even a compromised control plane can make this site
+        /// trust another root.
+        #[arg(long)]
+        image_root_sha256: Option<String>,
     },
     /// Connect to the control plane and stay connected (the service's main command).
     Run {
@@ -78,8 +83,16 @@ pub const EXIT_REVOKED: u8 = 3;
 pub async fn run(cli: Cli) -> Result<u8, AgentError> {
     let state_dir = cli.state_dir.unwrap_or_else(default_state_dir);
     match cli.command {
-        Command::Join { token, name } => {
-            let identity = crate::join::join(&token, name, &state_dir).await?;
+        Command::Join {
+            token,
+            name,
+            image_root_sha256,
+        } => {
+            let options = crate::join::JoinOptions {
+                name,
+                image_root_sha256,
+            };
+            let identity = crate::join::join(&token, options, &state_dir).await?;
             println!(
                 "Joined as site {:?} (state in {}).",
                 identity.site,
@@ -134,5 +147,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

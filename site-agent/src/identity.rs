@@ -100,6 +100,10 @@ pub struct Identity {
     /// timed from here, not from the certificate's start, which is backdated.
     #[serde(default)]
     pub received_at: i64,
+    /// SHA-256 (hex) of the image repository's first root, if the site pinned it at join
+    /// (`--image-root-sha256`).
+    #[serde(default)]
+    pub image_root_sha256: Option<String>,
 }
 
 impl Identity {
@@ -143,6 +147,7 @@ impl Identity {
             labels: issued.labels,
             joined_at: continuum_shared::unix_now(),
             received_at: continuum_shared::unix_now(),
+            image_root_sha256: None,
         }
     }
 
@@ -232,6 +237,7 @@ mod tests {
             labels: Labels::new(),
             joined_at: 1000,
             received_at: 1000,
+            image_root_sha256: None,
         };
         identity.save(dir.path()).unwrap();
         assert_eq!(Identity::require(dir.path()).unwrap(), identity);

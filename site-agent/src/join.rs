@@ -24,10 +24,21 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// whose answer was lost keeps the key, so that retrying with the same token works.
 pub async fn join(
     token: &str,
-    name: Option<String>,
+    options: JoinOptions,
     state_dir: &Path,
 ) -> Result<Identity, AgentError> {
     let token = JoinToken::parse(token)?;
+    let JoinOptions {
+        name,
+        image_root_sha256,
+    } = options;
+    if let Some(pin) = &image_root_sha256
+        && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(AgentError::State(
+            "--image-root-sha256 takes the 64 hex digits of a SHA-256".into(),
+        ));
+    }
     if let Some(existing) = Identity::load(state_dir)? {
         return Err(AgentError::AlreadyJoined {
             site: existing.site,
@@ -41,7 +52,14 @@ pub async fn join(
     let dir_existed = state_dir.exists();
     let key_existed = state_dir.join("site.key").exists();
     let mut answer_pending = false;
-    let result = enroll(token, name, state_dir, &mut answer_pending).await;
+    let result = enroll(
+        token,
+        name,
+        image_root_sha256,
+        state_dir,
+        &mut answer_pending,
+    )
+    .await;
     if result.is_err() && !answer_pending {
         if !key_existed {
             let _ = std::fs::remove_file(state_dir.join("site.key"));
@@ -53,9 +71,19 @@ pub async fn join(
     result
 }
 
+/// Options of a join.
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    /// The site name to ask for.
+    pub name: Option<String>,
+    /// SHA-256 (hex) of the image repository's first root, pinned out of band.
+    pub image_root_sha256: Option<String>,
+}
+
 async fn enroll(
     token: JoinToken,
     name: Option<String>,
+    image_root_sha256: Option<String>,
     state_dir: &Path,
     answer_pending: &mut bool,
 ) -> Result<Identity, AgentError> {
@@ -93,7 +121,8 @@ async fn enroll(
                     "the control plane sent a CA other than the one the token pins".into(),
                 ));
             }
-            let identity = Identity::from_issued(issued, token.addresses);
+            let mut identity = Identity::from_issued(issued, token.addresses);
+            identity.image_root_sha256 = image_root_sha256.map(|p| p.to_lowercase());
             identity.save(state_dir)?;
             Ok(identity)
         }

@@ -29,6 +29,7 @@ pub mod renew;
 pub mod run;
 pub mod session;
 pub mod status;
+pub mod trust;
 
 /// The agent's version: stamped at build time through `CONTINUUM_AGENT_VERSION`, else
 /// the crate version.

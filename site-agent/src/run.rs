@@ -61,12 +61,23 @@ async fn connect_loop(options: &RunOptions, status: &mut StatusFile) -> Result<(
     let labels = crate::labels::detect();
     let started_at = unix_now();
     let mut backoff = Backoff::new(options.reconnect_base, options.reconnect_max);
+    let (slot, _) = tokio::sync::watch::channel(None);
     info!(site = %identity.site, version = crate::VERSION, "agent starting");
     status.update(|s| s.state = LinkState::Starting);
 
     loop {
         status.update(|s| s.state = LinkState::Connecting);
-        let error = match attempt(&mut identity, &key, &labels, started_at, options, status).await {
+        let error = match attempt(
+            &mut identity,
+            &key,
+            &labels,
+            started_at,
+            options,
+            status,
+            &slot,
+        )
+        .await
+        {
             Attempt::Revoked(reason) => {
                 warn!(%reason, "this site was revoked; stopping");
                 return Err(AgentError::Revoked(reason));
@@ -97,6 +108,7 @@ async fn attempt(
     started_at: i64,
     options: &RunOptions,
     status: &mut StatusFile,
+    slot: &tokio::sync::watch::Sender<Option<continuum_shared::link::Link>>,
 ) -> Attempt {
     let dir = &options.state_dir;
     if identity.expired(unix_now()) {
@@ -133,6 +145,7 @@ async fn attempt(
             };
         }
     };
+    slot.send_replace(Some(connection.link.clone()));
     let ctx = SessionContext {
         identity,
         key,
@@ -140,8 +153,10 @@ async fn attempt(
         labels,
         started_at,
         status,
+        slot: slot.subscribe(),
     };
     let end = session::run(&connection.link, &connection.address, ctx).await;
+    slot.send_replace(None);
     connection
         .link
         .close(CloseCode::Normal, "agent session over");

@@ -1,16 +1,17 @@
-//! One session with the control plane: hello, welcome, then heartbeats and certificate
-//! renewal until the link ends.
+//! One session with the control plane: hello, welcome, then heartbeats, certificate
+//! renewal and desired-state verification until the link ends.
 
 use std::path::Path;
 use std::time::Duration;
 
 use continuum_shared::labels::Labels;
-use continuum_shared::link::{FramedStream, Link, LinkError};
+use continuum_shared::link::{FrameWriter, Link, LinkError};
 use continuum_shared::protocol::{
     AgentMessage, CloseCode, Heartbeat, Hello, PROTOCOL_VERSION, RefusalCode, ServerMessage,
-    StreamKind,
+    StreamKind, TrustState, TrustStatus,
 };
 use continuum_shared::unix_now;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
@@ -18,10 +19,13 @@ use crate::error::AgentError;
 use crate::identity::{Identity, SiteKey};
 use crate::renew::renew_over;
 use crate::status::{LinkState, StatusFile};
+use crate::trust::{self, DesiredState, FetchLimits, LinkSlot, LinkTransport, TrustError};
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed renewal, try again this much later.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// After desired state could not be fetched, try again this much later.
+const VERIFY_RETRY: Duration = Duration::from_secs(20);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -52,6 +56,8 @@ pub struct SessionContext<'a> {
     pub started_at: i64,
     /// The status file.
     pub status: &'a mut StatusFile,
+    /// The current link, for downloads that must survive a reconnect.
+    pub slot: LinkSlot,
 }
 
 /// Runs a session on `link` until it ends.
@@ -89,6 +95,11 @@ async fn serve(
             return Err(AgentError::Revoked(refusal.message));
         }
         Ok(ServerMessage::Refused(refusal)) => return Err(AgentError::Refused(refusal)),
+        Ok(other) => {
+            return Err(AgentError::State(format!(
+                "expected a welcome, got {other:?}"
+            )));
+        }
         Err(e) => return Err(closed_or(link, e)),
     };
     let now = unix_now();
@@ -104,15 +115,24 @@ async fn serve(
         s.retry_in_ms = None;
     });
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
-    let reason = heartbeat_loop(link, &mut stream, interval, ctx).await;
-    Ok(match reason {
-        Err(AgentError::Revoked(reason)) => SessionEnd::Revoked(reason),
-        Err(e) => SessionEnd::Lost {
+    let (writer, reader) = stream.split();
+    let messages = reader.spawn::<ServerMessage>();
+    let mut session = Session {
+        link,
+        writer,
+        ctx,
+        wanted: 0,
+        verifying: None,
+        retry_at: None,
+    };
+    match session.run(messages, interval).await {
+        Err(AgentError::Revoked(reason)) => Ok(SessionEnd::Revoked(reason)),
+        Err(e) => Ok(SessionEnd::Lost {
             reason: e.to_string(),
             welcomed: true,
-        },
-        Ok(end) => end,
-    })
+        }),
+        Ok(end) => Ok(end),
+    }
 }
 
 /// If the link is gone, its close reason says more than the stream error.
@@ -131,52 +151,250 @@ fn renewal_deadline(identity: &Identity) -> Instant {
     Instant::now() + Duration::from_secs(wait)
 }
 
-async fn heartbeat_loop(
-    link: &Link,
-    stream: &mut FramedStream,
-    interval: Duration,
-    ctx: SessionContext<'_>,
-) -> Result<SessionEnd, AgentError> {
-    let mut seq = 0u64;
-    let mut next_beat = Instant::now() + interval;
-    let mut renew_at = renewal_deadline(ctx.identity);
-    loop {
-        tokio::select! {
-            _ = sleep_until(next_beat) => {
-                seq += 1;
-                let uptime = (unix_now() - ctx.started_at).max(0) as u64;
-                stream.send(&AgentMessage::Heartbeat(Heartbeat { seq, uptime_secs: uptime })).await.map_err(|e| closed_or(link, e))?;
-                let now = unix_now();
-                ctx.status.update(|s| {
-                    s.last_heartbeat = Some(now);
-                    s.heartbeats = seq;
-                });
-                next_beat += interval;
-            }
-            _ = sleep_until(renew_at) => {
-                match renew_over(link, ctx.identity, ctx.key, ctx.state_dir).await {
-                    Ok(()) => renew_at = renewal_deadline(ctx.identity),
-                    Err(AgentError::Revoked(reason)) => return Err(AgentError::Revoked(reason)),
-                    Err(e) => {
-                        warn!(error = %e, "certificate renewal failed; retrying in a minute");
-                        renew_at = Instant::now() + RENEW_RETRY;
+struct Session<'a, 'b> {
+    link: &'a Link,
+    writer: FrameWriter,
+    ctx: SessionContext<'b>,
+    /// The newest generation the control plane announced.
+    wanted: u64,
+    verifying: Option<JoinHandle<Result<DesiredState, TrustError>>>,
+    retry_at: Option<Instant>,
+}
+
+impl Session<'_, '_> {
+    async fn run(
+        &mut self,
+        mut messages: tokio::sync::mpsc::Receiver<Result<Option<ServerMessage>, LinkError>>,
+        interval: Duration,
+    ) -> Result<SessionEnd, AgentError> {
+        let mut seq = 0u64;
+        let mut next_beat = Instant::now() + interval;
+        let mut renew_at = renewal_deadline(self.ctx.identity);
+        loop {
+            let retry_at = self
+                .retry_at
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = sleep_until(next_beat) => {
+                    seq += 1;
+                    let uptime = (unix_now() - self.ctx.started_at).max(0) as u64;
+                    let beat = AgentMessage::Heartbeat(Heartbeat { seq, uptime_secs: uptime });
+                    self.writer.send(&beat).await.map_err(|e| closed_or(self.link, e))?;
+                    let now = unix_now();
+                    self.ctx.status.update(|s| {
+                        s.last_heartbeat = Some(now);
+                        s.heartbeats = seq;
+                    });
+                    next_beat += interval;
+                }
+                _ = sleep_until(renew_at) => {
+                    match renew_over(self.link, self.ctx.identity, self.ctx.key, self.ctx.state_dir).await {
+                        Ok(()) => renew_at = renewal_deadline(self.ctx.identity),
+                        Err(AgentError::Revoked(reason)) => return Err(AgentError::Revoked(reason)),
+                        Err(e) => {
+                            warn!(error = %e, "certificate renewal failed; retrying in a minute");
+                            renew_at = Instant::now() + RENEW_RETRY;
+                        }
                     }
                 }
-            }
-            message = stream.recv::<ServerMessage>() => match message {
-                Ok(Some(ServerMessage::Refused(refusal))) if refusal.code == RefusalCode::Revoked => {
-                    return Err(AgentError::Revoked(refusal.message));
+                message = messages.recv() => match message {
+                    Some(Ok(Some(ServerMessage::DesiredState { generation }))) => {
+                        self.wanted = self.wanted.max(generation);
+                        self.maybe_verify().await;
+                    }
+                    Some(Ok(Some(ServerMessage::Refused(refusal)))) if refusal.code == RefusalCode::Revoked => {
+                        return Err(AgentError::Revoked(refusal.message));
+                    }
+                    Some(Ok(Some(other))) => warn!(message = ?other, "unexpected message from the control plane; ignored"),
+                    Some(Ok(None)) | None => {
+                        return Ok(SessionEnd::Lost { reason: "the control plane ended the session".into(), welcomed: true });
+                    }
+                    Some(Err(e)) => return Err(closed_or(self.link, e)),
+                },
+                outcome = wait(&mut self.verifying) => {
+                    self.verifying = None;
+                    self.finish_verify(outcome).await?;
                 }
-                Ok(Some(other)) => warn!(message = ?other, "unexpected message from the control plane; ignored"),
-                Ok(None) => return Ok(SessionEnd::Lost { reason: "the control plane ended the session".into(), welcomed: true }),
-                Err(e) => return Err(closed_or(link, e)),
-            },
-            closed = link.closed() => {
-                if closed.code == Some(CloseCode::Revoked) {
-                    return Err(AgentError::Revoked(closed.reason));
+                _ = sleep_until(retry_at), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    self.maybe_verify().await;
                 }
-                return Ok(SessionEnd::Lost { reason: closed.to_string(), welcomed: true });
+                closed = self.link.closed() => {
+                    if closed.code == Some(CloseCode::Revoked) {
+                        return Err(AgentError::Revoked(closed.reason));
+                    }
+                    return Ok(SessionEnd::Lost { reason: closed.to_string(), welcomed: true });
+                }
             }
         }
     }
+
+    fn in_force(&self) -> u64 {
+        DesiredState::load(self.ctx.state_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |d| d.generation)
+    }
+
+    /// Starts verifying the announced generation if it is newer than the one in force
+    /// and no verification is running.
+    async fn maybe_verify(&mut self) {
+        if self.verifying.is_some() || self.wanted <= self.in_force() {
+            return;
+        }
+        if let Err(e) = self.ensure_roots().await {
+            self.report(TrustState::Refused, Some(e.to_string())).await;
+            return;
+        }
+        let (dir, site) = (
+            self.ctx.state_dir.to_path_buf(),
+            self.ctx.identity.site.clone(),
+        );
+        let transport = LinkTransport::new(self.ctx.slot.clone(), FetchLimits::default());
+        info!(generation = self.wanted, "verifying new desired state");
+        self.verifying = Some(tokio::spawn(async move {
+            trust::verify(&dir, &site, transport).await
+        }));
+    }
+
+    async fn finish_verify(
+        &mut self,
+        outcome: Result<DesiredState, TrustError>,
+    ) -> Result<(), AgentError> {
+        match outcome {
+            Ok(state) if state.generation > self.in_force() => {
+                state.save(self.ctx.state_dir)?;
+                info!(
+                    generation = state.generation,
+                    releases = state.releases.len(),
+                    "desired state verified and in force"
+                );
+                self.report(TrustState::Verified, None).await;
+            }
+            Ok(state) => {
+                let reason = format!(
+                    "the director offered generation {}, not newer than the one in force ({}); keeping it",
+                    state.generation,
+                    self.in_force()
+                );
+                warn!(%reason, "desired state refused");
+                self.report(TrustState::Refused, Some(reason)).await;
+            }
+            Err(TrustError::Refused(reason)) => {
+                warn!(%reason, "desired state refused; the state in force is untouched");
+                self.report(TrustState::Refused, Some(reason)).await;
+            }
+            Err(TrustError::Stale(reason)) => {
+                warn!(%reason, "desired state not available; keeping the state in force");
+                self.report(TrustState::Stale, Some(reason)).await;
+                self.retry_at = Some(Instant::now() + VERIFY_RETRY);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the control plane and the status file how the last attempt went.
+    async fn report(&mut self, state: TrustState, reason: Option<String>) {
+        let verified_generation = self.in_force();
+        let wanted = self.wanted;
+        let shown = reason.clone();
+        self.ctx.status.update(|s| {
+            s.trust_state = Some(format!("{state:?}").to_lowercase());
+            s.trust_reason = shown;
+            s.trust_at = Some(unix_now());
+            s.wanted_generation = wanted;
+        });
+        let status = TrustStatus {
+            verified_generation,
+            state,
+            reason,
+        };
+        if let Err(e) = self.writer.send(&AgentMessage::Trust(status)).await {
+            warn!(error = %e, "could not report the desired state to the control plane");
+        }
+    }
+
+    /// Fetches the initial roots of both repositories if this site has none yet (its
+    /// first session), checking the image root against the pin given at join.
+    async fn ensure_roots(&mut self) -> Result<(), AgentError> {
+        for repo in [trust::Repo::Image, trust::Repo::Director] {
+            let path = trust::initial_root_path(self.ctx.state_dir, repo);
+            if path.exists() {
+                continue;
+            }
+            let bytes = fetch_initial_root(self.link, repo).await?;
+            if repo == trust::Repo::Image
+                && let Some(pin) = &self.ctx.identity.image_root_sha256
+            {
+                let actual = continuum_shared::tls::hex(&continuum_shared::tls::sha256(&bytes));
+                if !actual.eq_ignore_ascii_case(pin) {
+                    return Err(AgentError::Crypto(format!(
+                        "the control plane's image root has SHA-256 {actual}, not the {pin} this site pinned at join: refusing to trust it"
+                    )));
+                }
+            }
+            if let Some(dir) = path.parent() {
+                continuum_shared::files::create_private_dir(dir)?;
+            }
+            continuum_shared::files::write_private(&path, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for a running verification; pending forever when none runs.
+async fn wait(
+    task: &mut Option<JoinHandle<Result<DesiredState, TrustError>>>,
+) -> Result<DesiredState, TrustError> {
+    match task {
+        Some(handle) => handle
+            .await
+            .unwrap_or_else(|e| Err(TrustError::Stale(format!("verification failed: {e}")))),
+        None => std::future::pending().await,
+    }
+}
+
+/// Fetches `1.root.json` of a repository over the (CA-pinned, mutually authenticated)
+/// link.
+async fn fetch_initial_root(link: &Link, repo: trust::Repo) -> Result<Vec<u8>, AgentError> {
+    use continuum_shared::protocol::{FetchRequest, FetchResponse, Repository};
+    use tokio::io::AsyncReadExt;
+    let repository = match repo {
+        trust::Repo::Image => Repository::Image,
+        trust::Repo::Director => Repository::Director,
+    };
+    let mut stream = link.open(StreamKind::Fetch, PROTOCOL_VERSION).await?;
+    let request = FetchRequest {
+        repository,
+        path: "metadata/1.root.json".into(),
+        offset: 0,
+    };
+    stream.send(&request).await?;
+    let length = match stream.recv_within::<FetchResponse>(WELCOME_TIMEOUT).await? {
+        FetchResponse::Found { length } if length <= trust::limits().max_root_size => length,
+        FetchResponse::Found { length } => {
+            return Err(AgentError::State(format!(
+                "the initial root is {length} bytes, too large"
+            )));
+        }
+        FetchResponse::NotFound => {
+            return Err(AgentError::State(
+                "the control plane has no initial root".into(),
+            ));
+        }
+        FetchResponse::Refused(r) => return Err(AgentError::Refused(r)),
+    };
+    let mut bytes = Vec::with_capacity(length as usize);
+    let mut reader = stream.into_raw_reader().take(length);
+    let read = reader.read_to_end(&mut bytes);
+    tokio::time::timeout(WELCOME_TIMEOUT, read)
+        .await
+        .map_err(|_| AgentError::State("timed out fetching the initial root".into()))?
+        .map_err(|e| AgentError::State(e.to_string()))?;
+    if bytes.len() as u64 != length {
+        return Err(AgentError::State(
+            "the initial root arrived incomplete".into(),
+        ));
+    }
+    Ok(bytes)
 }

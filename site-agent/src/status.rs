@@ -66,6 +66,18 @@ pub struct RunStatus {
     pub retry_in_ms: Option<u64>,
     /// The most recent reconnect delays, newest last.
     pub recent_retry_delays_ms: Vec<u64>,
+    /// The newest desired-state generation the control plane announced.
+    #[serde(default)]
+    pub wanted_generation: u64,
+    /// How the last attempt to take on desired state ended: verified, refused or stale.
+    #[serde(default)]
+    pub trust_state: Option<String>,
+    /// Why, when it did not verify.
+    #[serde(default)]
+    pub trust_reason: Option<String>,
+    /// When that attempt ended.
+    #[serde(default)]
+    pub trust_at: Option<i64>,
 }
 
 /// Writes the status file as the run loop changes state.
@@ -138,6 +150,21 @@ pub struct StatusReport {
     pub binary_version: String,
     /// What the running (or last) agent process reported.
     pub run: Option<RunStatus>,
+    /// The verified desired state in force.
+    pub desired: Option<crate::trust::DesiredState>,
+    /// When the director's timestamp (the freshness of desired state) expires; after
+    /// that the state in force keeps running but is stale until the link returns.
+    pub desired_fresh_until: Option<String>,
+    /// Whether that time has passed.
+    pub desired_stale: bool,
+}
+
+/// When the trusted director timestamp expires, if there is one.
+fn director_expiry(state_dir: &Path) -> Option<jiff::Timestamp> {
+    let path =
+        crate::trust::datastore(state_dir, crate::trust::Repo::Director).join("timestamp.json");
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    value["signed"]["expires"].as_str()?.parse().ok()
 }
 
 /// Builds the report from the state directory.
@@ -148,7 +175,11 @@ pub fn report(state_dir: &Path, identity: Option<&Identity>) -> StatusReport {
     let running = run.as_ref().is_some_and(|r| {
         !matches!(r.state, LinkState::Stopped | LinkState::Revoked) && process_alive(r.pid)
     });
+    let expiry = director_expiry(state_dir);
     StatusReport {
+        desired: crate::trust::DesiredState::load(state_dir).ok().flatten(),
+        desired_fresh_until: expiry.map(|t| t.to_string()),
+        desired_stale: expiry.is_some_and(|t| t < jiff::Timestamp::now()),
         site: identity.map(|i| i.site.clone()),
         state_dir: state_dir.display().to_string(),
         control_plane: identity.map(|i| i.addresses.clone()).unwrap_or_default(),
@@ -193,6 +224,52 @@ pub fn render(report: &StatusReport) -> String {
     }
     for (k, v) in &report.labels {
         lines.push(("label", format!("{k}={v}")));
+    }
+    match &report.desired {
+        None => lines.push(("desired state", "none verified yet".into())),
+        Some(desired) => {
+            let freshness = match (&report.desired_fresh_until, report.desired_stale) {
+                (Some(until), true) => format!(
+                    ", STALE since {until} (kept running; new state needs the control plane)"
+                ),
+                (Some(until), false) => format!(", fresh until {until}"),
+                (None, _) => String::new(),
+            };
+            lines.push((
+                "desired state",
+                format!(
+                    "generation {} verified {}{freshness}",
+                    desired.generation,
+                    time(desired.verified_at)
+                ),
+            ));
+            for r in &desired.releases {
+                lines.push((
+                    "release",
+                    format!(
+                        "{} {} ({})",
+                        r.release.service, r.release.version, r.release.container.image
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(run) = &report.run
+        && let (Some(state), Some(at)) = (&run.trust_state, run.trust_at)
+    {
+        let why = run
+            .trust_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        lines.push((
+            "last check",
+            format!(
+                "{state} at {} (generation {} announced){why}",
+                time(at),
+                run.wanted_generation
+            ),
+        ));
     }
     match &report.run {
         None => lines.push(("agent process", "never ran".into())),

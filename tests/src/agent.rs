@@ -46,11 +46,17 @@ impl Agent {
 
     /// `continuum-agent join TOKEN [--name NAME]`.
     pub fn join(&self, token: &str, name: Option<&str>) -> CliOutput {
-        let mut command = self.command();
-        command.args(["join", token]);
+        let mut args = vec![];
         if let Some(name) = name {
-            command.args(["--name", name]);
+            args.extend(["--name", name]);
         }
+        self.join_with(token, &args)
+    }
+
+    /// `continuum-agent join TOKEN ARGS…`.
+    pub fn join_with(&self, token: &str, args: &[&str]) -> CliOutput {
+        let mut command = self.command();
+        command.args(["join", token]).args(args);
         CliOutput::of(&mut command)
     }
 

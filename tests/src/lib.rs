@@ -20,5 +20,6 @@
 pub mod agent;
 pub mod bins;
 pub mod peer;
+pub mod releases;
 pub mod server;
 pub mod wait;

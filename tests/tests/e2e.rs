@@ -9,4 +9,5 @@ mod e2e {
     mod lifecycle;
     mod operators;
     mod protocol;
+    mod trust;
 }

@@ -7,6 +7,7 @@
 //! notice.
 
 mod enroll;
+pub mod fetch;
 mod session;
 
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use continuum_shared::link::{FramedStream, Link, LinkError};
 use continuum_shared::protocol::{
-    CloseCode, EnrollResponse, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Refusal, RefusalCode,
-    ServerMessage, StreamKind, is_supported,
+    CloseCode, EnrollResponse, FetchResponse, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Refusal,
+    RefusalCode, ServerMessage, StreamKind, is_supported,
 };
 use continuum_shared::tls::{provider, transport_config};
 use rustls::RootCertStore;
@@ -207,6 +208,14 @@ async fn serve_site(cp: Arc<ControlPlane>, link: Link, site: SiteRecord) {
                     Some(site.name.clone()),
                 ));
             }
+            StreamKind::Fetch => {
+                tokio::spawn(fetch::serve(
+                    cp.clone(),
+                    link.clone(),
+                    stream,
+                    site.name.clone(),
+                ));
+            }
         }
     }
 }
@@ -225,14 +234,13 @@ async fn serve_enrollment(cp: Arc<ControlPlane>, link: Link) {
                 StreamKind::Enroll => {
                     tokio::spawn(enroll::serve(cp.clone(), link.clone(), stream, None));
                 }
-                StreamKind::Control => {
+                StreamKind::Control | StreamKind::Fetch => {
                     let refusal = Refusal {
                         code: RefusalCode::Unauthenticated,
                         message: "this connection has no site certificate; join with a token first"
                             .into(),
                     };
-                    let _ = stream.send(&ServerMessage::Refused(refusal.clone())).await;
-                    stream.finish().await;
+                    send_refusal(&mut stream, &refusal).await;
                     link.close_after(REFUSAL_LINGER, CloseCode::Unauthorized, &refusal.message)
                         .await;
                     return;
@@ -289,6 +297,7 @@ async fn send_refusal(stream: &mut FramedStream, refusal: &Refusal) {
     let _ = match stream.kind() {
         StreamKind::Control => stream.send(&ServerMessage::Refused(refusal.clone())).await,
         StreamKind::Enroll => stream.send(&EnrollResponse::Refused(refusal.clone())).await,
+        StreamKind::Fetch => stream.send(&FetchResponse::Refused(refusal.clone())).await,
     };
     stream.finish().await;
 }

@@ -1,19 +1,21 @@
-//! One agent session on its control stream: hello, welcome, then heartbeats until the
-//! link ends, the agent goes quiet, or an operator revokes the site.
+//! One agent session on its control stream: hello, welcome, then heartbeats, desired
+//! state notices and trust reports until the link ends, the agent goes quiet, or an
+//! operator revokes the site.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use continuum_shared::link::{FramedStream, Link, LinkError};
+use continuum_shared::link::{FrameWriter, FramedStream, Link, LinkError};
 use continuum_shared::protocol::{AgentMessage, CloseCode, Hello, ServerMessage, Welcome, v1};
 use continuum_shared::unix_now;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span};
 
 use super::{REFUSAL_LINGER, close_code, protocol_violation};
 use crate::fleet::LiveView;
 use crate::model::SiteRecord;
 use crate::plane::ControlPlane;
-use crate::sites;
+use crate::{desired, sites};
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +61,8 @@ async fn serve(cp: Arc<ControlPlane>, link: Link, site: SiteRecord, mut stream: 
         last_heartbeat: now,
         heartbeats: 0,
     };
-    let id = cp.fleet.attach(&site.name, link.clone(), view);
+    let generation = desired::generation(&cp, &site.name);
+    let (id, notices) = cp.fleet.attach(&site.name, link.clone(), view, generation);
     let heartbeat = cp.settings.heartbeat;
     let welcome = Welcome {
         site: site.name.clone(),
@@ -67,9 +70,19 @@ async fn serve(cp: Arc<ControlPlane>, link: Link, site: SiteRecord, mut stream: 
         heartbeat_secs: heartbeat.as_secs().max(1) as u32,
         server_time: now,
     };
-    if stream.send(&ServerMessage::Welcome(welcome)).await.is_ok() {
+    let (mut writer, reader) = stream.split();
+    if writer.send(&ServerMessage::Welcome(welcome)).await.is_ok() {
         info!(agent_version = %hello.agent_version, protocol = version, "site online");
-        let ended = heartbeats(&cp, &link, &site.name, id, &mut stream, heartbeat).await;
+        let session = Session {
+            cp: &cp,
+            link: &link,
+            site: &site.name,
+            id,
+            version,
+        };
+        let ended = session
+            .run(&mut writer, reader.spawn(), notices, heartbeat)
+            .await;
         info!(reason = %ended, "site offline");
     }
     if let Some(view) = cp.fleet.detach(&site.name, id) {
@@ -77,36 +90,81 @@ async fn serve(cp: Arc<ControlPlane>, link: Link, site: SiteRecord, mut stream: 
     }
 }
 
-/// Receives heartbeats until the session ends; returns why it ended.
-async fn heartbeats(
-    cp: &ControlPlane,
-    link: &Link,
-    site: &str,
+struct Session<'a> {
+    cp: &'a ControlPlane,
+    link: &'a Link,
+    site: &'a str,
     id: u64,
-    stream: &mut FramedStream,
-    interval: Duration,
-) -> String {
-    // Three missed beats and the agent is presumed gone, even if QUIC still answers.
-    let silence = interval * 3 + Duration::from_secs(2);
-    loop {
-        tokio::select! {
-            message = tokio::time::timeout(silence, stream.recv::<AgentMessage>()) => match message {
-                Ok(Ok(Some(AgentMessage::Heartbeat(_)))) => cp.fleet.heartbeat(site, id, unix_now()),
-                Ok(Ok(None)) => {
-                    link.close(CloseCode::Normal, "session ended by the agent");
-                    return "the agent ended its session".into();
+    version: u16,
+}
+
+impl Session<'_> {
+    /// Serves the session until it ends; returns why it ended.
+    async fn run(
+        &self,
+        writer: &mut FrameWriter,
+        mut messages: mpsc::Receiver<Result<Option<AgentMessage>, LinkError>>,
+        mut notices: watch::Receiver<u64>,
+        interval: Duration,
+    ) -> String {
+        // Version-1 agents know nothing of desired state.
+        let notify = self.version >= 2;
+        if notify {
+            let generation = *notices.borrow_and_update();
+            if generation > 0
+                && writer
+                    .send(&ServerMessage::DesiredState { generation })
+                    .await
+                    .is_err()
+            {
+                return "the link broke while sending the desired state".into();
+            }
+        }
+        // Three missed beats and the agent is presumed gone, even if QUIC still answers.
+        let silence = interval * 3 + Duration::from_secs(2);
+        let mut deadline = tokio::time::Instant::now() + silence;
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Some(Ok(Some(message))) => {
+                        deadline = tokio::time::Instant::now() + silence;
+                        self.handle(message);
+                    }
+                    Some(Ok(None)) | None => {
+                        self.link.close(CloseCode::Normal, "session ended by the agent");
+                        return "the agent ended its session".into();
+                    }
+                    Some(Err(LinkError::Closed(closed))) => return closed.to_string(),
+                    Some(Err(e)) => {
+                        protocol_violation(self.link, &format!("control stream: {e}"));
+                        return format!("protocol violation: {e}");
+                    }
+                },
+                changed = notices.changed(), if notify => {
+                    if changed.is_err() {
+                        return "replaced by a newer session".into();
+                    }
+                    let generation = *notices.borrow_and_update();
+                    if writer.send(&ServerMessage::DesiredState { generation }).await.is_err() {
+                        return "the link broke while sending a notice".into();
+                    }
                 }
-                Ok(Err(LinkError::Closed(closed))) => return closed.to_string(),
-                Ok(Err(e)) => {
-                    protocol_violation(link, &format!("control stream: {e}"));
-                    return format!("protocol violation: {e}");
-                }
-                Err(_) => {
-                    link.close(CloseCode::Protocol, "no heartbeat received in time");
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.link.close(CloseCode::Protocol, "no heartbeat received in time");
                     return format!("no heartbeat for {}s", silence.as_secs());
                 }
-            },
-            closed = link.closed() => return closed.to_string(),
+                closed = self.link.closed() => return closed.to_string(),
+            }
+        }
+    }
+
+    fn handle(&self, message: AgentMessage) {
+        match message {
+            AgentMessage::Heartbeat(_) => self.cp.fleet.heartbeat(self.site, self.id, unix_now()),
+            AgentMessage::Trust(status) => {
+                info!(generation = status.verified_generation, state = ?status.state, reason = ?status.reason, "site reported its desired state");
+                sites::record_trust(self.cp, self.site, &status);
+            }
         }
     }
 }

@@ -70,17 +70,17 @@ impl Caller {
 
     /// Runs a write: refused (and audited as denied) below `needed`, otherwise done and
     /// audited as ok or failed. The audit entry is durable before the answer is sent.
-    pub fn write<T>(
+    pub async fn write<T>(
         &self,
         cp: &ControlPlane,
         needed: Role,
         action: &str,
         target: &str,
-        op: impl FnOnce() -> Result<T, ApiError>,
+        op: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
-        tokio::task::block_in_place(|| {
-            if self.actor.role < needed {
-                let detail = format!("needs role {needed}, has {}", self.actor.role);
+        if self.actor.role < needed {
+            let detail = format!("needs role {needed}, has {}", self.actor.role);
+            tokio::task::block_in_place(|| {
                 audit::record(
                     cp.store.as_ref(),
                     &self.actor,
@@ -88,15 +88,17 @@ impl Caller {
                     target,
                     Outcome::Denied,
                     Some(detail),
-                )?;
-                tracing::warn!(operator = %self.actor.name, action, target, "write denied by role");
-                return Err(denied(needed));
-            }
-            let result = op();
-            let (outcome, detail) = match &result {
-                Ok(_) => (Outcome::Ok, None),
-                Err(e) => (Outcome::Failed, Some(e.message.clone())),
-            };
+                )
+            })?;
+            tracing::warn!(operator = %self.actor.name, action, target, "write denied by role");
+            return Err(denied(needed));
+        }
+        let result = op.await;
+        let (outcome, detail) = match &result {
+            Ok(_) => (Outcome::Ok, None),
+            Err(e) => (Outcome::Failed, Some(e.message.clone())),
+        };
+        tokio::task::block_in_place(|| {
             audit::record(
                 cp.store.as_ref(),
                 &self.actor,
@@ -104,9 +106,9 @@ impl Caller {
                 target,
                 outcome,
                 detail,
-            )?;
-            result
-        })
+            )
+        })?;
+        result
     }
 }
 

@@ -12,16 +12,21 @@ use continuum_shared::unix_now;
 use serde::Deserialize;
 
 use super::{ApiError, Caller};
-use crate::model::{AuditEntry, Role};
+use crate::model::{AuditEntry, DesiredRecord, ReleaseRecord, Role};
 use crate::plane::{ControlPlane, rfc3339};
 use crate::tokens::{TokenRequest, TokenRequestError};
 use crate::views::{
-    OperatorCreate, OperatorCreated, OperatorView, SiteView, TokenCreate, TokenCreated, TokenView,
-    WhoAmI,
+    Assign, OperatorCreate, OperatorCreated, OperatorView, ReleasePublish, SigningBase, SiteView,
+    TokenCreate, TokenCreated, TokenView, WhoAmI,
 };
-use crate::{audit, backup, operators, sites, tokens};
+use crate::{audit, backup, desired, operators, releases, sites, tokens};
 
 type Cp = State<Arc<ControlPlane>>;
+
+/// Runs blocking work (state store writes, flushes) when awaited, off the async path.
+async fn blocking<T>(work: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    tokio::task::block_in_place(work)
+}
 
 /// Who the credential belongs to.
 #[utoipa::path(get, path = "/v1/whoami", responses((status = 200, body = WhoAmI)))]
@@ -68,12 +73,20 @@ pub async fn revoke_site(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<SiteView>, ApiError> {
-    let record = caller.write(&cp, Role::Operator, "site.revoke", &name, || {
-        sites::revoke(&cp, &name, &caller.actor.name).map_err(|e| match e {
-            sites::RevokeError::NotFound(_) => ApiError::not_found(e.to_string()),
-            sites::RevokeError::Store(e) => e.into(),
-        })
-    })?;
+    let record = caller
+        .write(
+            &cp,
+            Role::Operator,
+            "site.revoke",
+            &name,
+            blocking(|| {
+                sites::revoke(&cp, &name, &caller.actor.name).map_err(|e| match e {
+                    sites::RevokeError::NotFound(_) => ApiError::not_found(e.to_string()),
+                    sites::RevokeError::Store(e) => e.into(),
+                })
+            }),
+        )
+        .await?;
     Ok(Json(SiteView::new(&record, None)))
 }
 
@@ -96,25 +109,33 @@ pub async fn create_token(
     caller: Caller,
     Json(body): Json<TokenCreate>,
 ) -> Result<Json<TokenCreated>, ApiError> {
-    let created = caller.write(&cp, Role::Operator, "token.create", &body.name, || {
-        let ttl = humantime::parse_duration(body.ttl.as_deref().unwrap_or("1h"))
-            .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
-        let labels: Labels = body
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), LabelValue::Text(v.clone())))
-            .collect();
-        let request = TokenRequest {
-            name: body.name.clone(),
-            labels,
-            ttl,
-            uses: body.uses.unwrap_or(1),
-        };
-        tokens::create(&cp, request, &caller.actor.name).map_err(|e| match e {
-            TokenRequestError::Invalid(m) => ApiError::bad_request(m),
-            TokenRequestError::Store(e) => e.into(),
-        })
-    })?;
+    let created = caller
+        .write(
+            &cp,
+            Role::Operator,
+            "token.create",
+            &body.name,
+            blocking(|| {
+                let ttl = humantime::parse_duration(body.ttl.as_deref().unwrap_or("1h"))
+                    .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+                let labels: Labels = body
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), LabelValue::Text(v.clone())))
+                    .collect();
+                let request = TokenRequest {
+                    name: body.name.clone(),
+                    labels,
+                    ttl,
+                    uses: body.uses.unwrap_or(1),
+                };
+                tokens::create(&cp, request, &caller.actor.name).map_err(|e| match e {
+                    TokenRequestError::Invalid(m) => ApiError::bad_request(m),
+                    TokenRequestError::Store(e) => e.into(),
+                })
+            }),
+        )
+        .await?;
     let (record, token) = created;
     Ok(Json(TokenCreated {
         token,
@@ -145,18 +166,24 @@ pub async fn create_operator(
     caller: Caller,
     Json(body): Json<OperatorCreate>,
 ) -> Result<Json<OperatorCreated>, ApiError> {
-    let (record, credential) =
-        caller.write(&cp, Role::Admin, "operator.create", &body.name, || {
-            operators::create(cp.store.as_ref(), &body.name, body.role, &caller.actor.name).map_err(
-                |e| match e {
-                    operators::OperatorError::InvalidName(m) => ApiError::bad_request(m),
-                    operators::OperatorError::Exists(_) => {
-                        ApiError::new(StatusCode::CONFLICT, e.to_string())
-                    }
-                    operators::OperatorError::Store(e) => e.into(),
-                },
-            )
-        })?;
+    let (record, credential) = caller
+        .write(
+            &cp,
+            Role::Admin,
+            "operator.create",
+            &body.name,
+            blocking(|| {
+                operators::create(cp.store.as_ref(), &body.name, body.role, &caller.actor.name)
+                    .map_err(|e| match e {
+                        operators::OperatorError::InvalidName(m) => ApiError::bad_request(m),
+                        operators::OperatorError::Exists(_) => {
+                            ApiError::new(StatusCode::CONFLICT, e.to_string())
+                        }
+                        operators::OperatorError::Store(e) => e.into(),
+                    })
+            }),
+        )
+        .await?;
     Ok(Json(OperatorCreated {
         name: record.name,
         role: record.role,
@@ -189,9 +216,116 @@ pub async fn audit_log(
 /// as safe as the control plane itself.
 #[utoipa::path(get, path = "/v1/backup", responses((status = 200, content_type = "application/x-tar", description = "backup archive")))]
 pub async fn backup(State(cp): Cp, caller: Caller) -> Result<impl IntoResponse, ApiError> {
-    let archive = caller.write(&cp, Role::Admin, "backup.create", "control-plane", || {
-        backup::create(&cp)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-    })?;
+    let archive = caller
+        .write(
+            &cp,
+            Role::Admin,
+            "backup.create",
+            "control-plane",
+            blocking(|| {
+                backup::create(&cp)
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            }),
+        )
+        .await?;
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive))
+}
+
+/// Every published release.
+#[utoipa::path(get, path = "/v1/releases", responses((status = 200, body = [ReleaseRecord])))]
+pub async fn list_releases(
+    State(cp): Cp,
+    caller: Caller,
+) -> Result<Json<Vec<ReleaseRecord>>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    Ok(Json(tokio::task::block_in_place(|| releases::list(&cp))?))
+}
+
+/// Publishes a release: its manifest is checked (every problem is reported with file,
+/// line and field) and signed into the image repository, either with the targets
+/// metadata the release managers signed offline or with this control plane's release key.
+#[utoipa::path(post, path = "/v1/releases", request_body = ReleasePublish,
+    responses((status = 200, body = ReleaseRecord), (status = 400, body = crate::views::ErrorBody), (status = 403, body = crate::views::ErrorBody)))]
+pub async fn publish_release(
+    State(cp): Cp,
+    caller: Caller,
+    Json(body): Json<ReleasePublish>,
+) -> Result<Json<ReleaseRecord>, ApiError> {
+    let target = body.file.clone();
+    let record = caller
+        .write(&cp, Role::Operator, "release.publish", &target, async {
+            let signed = body
+                .targets
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| {
+                    ApiError::bad_request(format!("targets: not TUF targets metadata: {e}"))
+                })?;
+            releases::publish(&cp, &body.file, &body.manifest, signed, &caller.actor.name)
+                .await
+                .map_err(|e| match e {
+                    releases::PublishError::Manifest(m) => ApiError::bad_request(m.to_string()),
+                    releases::PublishError::Tuf(crate::tuf::TufError::Rejected(m)) => {
+                        ApiError::new(StatusCode::CONFLICT, m)
+                    }
+                    other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+                })
+        })
+        .await?;
+    Ok(Json(record))
+}
+
+/// The image repository's current root and targets, for release managers to sign the
+/// next targets offline.
+#[utoipa::path(get, path = "/v1/repository/image/targets", responses((status = 200, body = SigningBase)))]
+pub async fn signing_base(State(cp): Cp, caller: Caller) -> Result<Json<SigningBase>, ApiError> {
+    caller.may_read(Role::Operator)?;
+    let internal =
+        |e: crate::tuf::TufError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let (root, _) = cp.image.root().map_err(internal)?;
+    let targets = cp.image.targets().map_err(internal)?;
+    Ok(Json(SigningBase {
+        root: serde_json::to_value(root)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        targets: serde_json::to_value(targets)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    }))
+}
+
+/// Pins a site to a release (an operator's manual assignment).
+#[utoipa::path(post, path = "/v1/sites/{name}/assign", params(("name" = String, Path, description = "site name")), request_body = Assign,
+    responses((status = 200, body = DesiredRecord), (status = 400, body = crate::views::ErrorBody), (status = 403, body = crate::views::ErrorBody)))]
+pub async fn assign(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<Assign>,
+) -> Result<Json<DesiredRecord>, ApiError> {
+    let target = format!("{name} {} {}", body.service, body.version);
+    let record = caller
+        .write(&cp, Role::Operator, "site.assign", &target, async {
+            desired::assign(&cp, &name, &body.service, &body.version, &caller.actor.name)
+                .await
+                .map_err(|e| match e {
+                    desired::DesiredError::Site(m) => ApiError::not_found(m),
+                    e @ desired::DesiredError::NoRelease(_) => ApiError::bad_request(e.to_string()),
+                    other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+                })
+        })
+        .await?;
+    Ok(Json(record))
+}
+
+/// A site's desired state.
+#[utoipa::path(get, path = "/v1/sites/{name}/desired", params(("name" = String, Path, description = "site name")),
+    responses((status = 200, body = DesiredRecord), (status = 404, body = crate::views::ErrorBody)))]
+pub async fn get_desired(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<DesiredRecord>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    tokio::task::block_in_place(|| desired::get(&cp, &name))?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("site {name:?} has no desired state")))
 }

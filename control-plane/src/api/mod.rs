@@ -40,7 +40,14 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         )
         .route("/v1/audit", get(handlers::audit_log))
         .route("/v1/backup", get(handlers::backup))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .route(
+            "/v1/releases",
+            get(handlers::list_releases).post(handlers::publish_release),
+        )
+        .route("/v1/repository/image/targets", get(handlers::signing_base))
+        .route("/v1/sites/{name}/assign", post(handlers::assign))
+        .route("/v1/sites/{name}/desired", get(handlers::get_desired))
+        .layer(axum::extract::DefaultBodyLimit::max(4 << 20))
         .with_state(cp)
 }
 
@@ -63,6 +70,11 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::create_operator,
         handlers::audit_log,
         handlers::backup,
+        handlers::list_releases,
+        handlers::publish_release,
+        handlers::signing_base,
+        handlers::assign,
+        handlers::get_desired,
     ),
     components(schemas(
         crate::views::ErrorBody,
@@ -77,6 +89,13 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::AuditEntry,
         crate::model::Role,
         crate::model::Outcome,
+        crate::model::ReleaseRecord,
+        crate::model::DesiredRecord,
+        crate::model::DesiredRelease,
+        crate::model::TrustReport,
+        crate::views::ReleasePublish,
+        crate::views::SigningBase,
+        crate::views::Assign,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -118,6 +137,10 @@ mod tests {
             "/v1/operators",
             "/v1/audit",
             "/v1/backup",
+            "/v1/releases",
+            "/v1/repository/image/targets",
+            "/v1/sites/{name}/assign",
+            "/v1/sites/{name}/desired",
         ] {
             assert!(
                 paths.contains(&route),

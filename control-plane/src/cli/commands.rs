@@ -46,6 +46,13 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
             }
             Ok(())
         }
+        Command::Release(command) => super::releases::run(&api, out, command).await,
+        Command::Releases => super::releases::list(&api, out).await,
+        Command::Site(SiteCommand::Assign {
+            site,
+            service,
+            release,
+        }) => super::releases::assign(&api, out, &site, &service, &release).await,
         Command::Token(TokenCommand::Create {
             name,
             labels,

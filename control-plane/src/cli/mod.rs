@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod releases;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +70,11 @@ pub enum Command {
     /// Operators and their roles.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Publish and list releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// List published releases.
+    Releases,
     /// Show the audit log.
     Audit {
         /// How many of the newest entries.
@@ -114,6 +120,10 @@ pub struct ServeArgs {
     /// How often agents send heartbeats.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// How long signed timestamps stay valid: the longest an attacker between a site and
+    /// this control plane can hide new desired state from it. Re-signed at half-life.
+    #[arg(long, default_value = "1day", value_parser = humantime::parse_duration)]
+    pub timestamp_ttl: Duration,
     /// Page cache of the state store, in MiB.
     #[arg(long, default_value_t = 64)]
     pub state_cache_mb: u64,
@@ -131,6 +141,29 @@ pub enum SiteCommand {
     Revoke {
         /// Site name.
         name: String,
+    },
+    /// Pin a site to a release of a service (kept until changed).
+    Assign {
+        /// Site name.
+        site: String,
+        /// Service name.
+        service: String,
+        /// Release version.
+        #[arg(value_name = "VERSION")]
+        release: String,
+    },
+}
+
+/// `continuum release …`.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Check a release manifest, sign it into the image repository and upload it.
+    Publish {
+        /// The manifest (TOML).
+        file: PathBuf,
+        /// Release key (PEM) to sign with here, for control planes that keep no release key.
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -200,4 +233,13 @@ pub fn init_tracing(filter: &str) {
         )
         .with(targets)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

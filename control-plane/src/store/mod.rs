@@ -32,11 +32,15 @@ pub enum Tree {
     Audit,
     /// Facts about the installation itself (schema version, CA fingerprint).
     Meta,
+    /// Published releases by `service/version`.
+    Releases,
+    /// Each site's desired state by site name.
+    Desired,
 }
 
 impl Tree {
     /// Every tree, for backup and restore.
-    pub const ALL: [Tree; 7] = [
+    pub const ALL: [Tree; 9] = [
         Tree::Sites,
         Tree::CertIndex,
         Tree::Tokens,
@@ -44,6 +48,8 @@ impl Tree {
         Tree::Credentials,
         Tree::Audit,
         Tree::Meta,
+        Tree::Releases,
+        Tree::Desired,
     ];
 
     /// The tree's name on disk and in backups.
@@ -56,6 +62,8 @@ impl Tree {
             Tree::Credentials => "credentials",
             Tree::Audit => "audit",
             Tree::Meta => "meta",
+            Tree::Releases => "releases",
+            Tree::Desired => "desired",
         }
     }
 

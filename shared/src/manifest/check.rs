@@ -349,7 +349,7 @@ fn check_health(c: &mut Checker, raw: Option<raw::Health>) -> Health {
     let timeout = c.duration(
         raw.timeout.as_ref(),
         "health.timeout",
-        Duration::from_secs(3),
+        Duration::from_secs(3).min(interval),
     );
     let start_period = c.duration(
         raw.start_period.as_ref(),

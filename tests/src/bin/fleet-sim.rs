@@ -99,7 +99,11 @@ fn main() -> anyhow::Result<()> {
             let (token, dir, slots) = (token.clone(), root.join(format!("a{i:05}")), slots.clone());
             joins.push(tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await;
-                continuum_agent::join::join(&token, Some(format!("sim-{i:05}")), &dir).await
+                let options = continuum_agent::join::JoinOptions {
+                    name: Some(format!("sim-{i:05}")),
+                    image_root_sha256: None,
+                };
+                continuum_agent::join::join(&token, options, &dir).await
             }));
         }
         for join in joins {

@@ -1,0 +1,152 @@
+//! The director repository: each site's desired state as its own targets metadata,
+//! signed online with the director key.
+//!
+//! Every site's targets carry `"continuum": {"site": NAME}` at the top level, so an
+//! agent refuses another site's desired state even though the same key signed it.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tough::TargetName;
+use tough::schema::{Target, Targets};
+
+use super::image::make_root;
+use super::keys::SigningKey;
+use super::metadir::{commit_targets, refresh};
+use super::{Lifetimes, MetaDir, SPEC_VERSION, TufError, expires_in, sign};
+
+/// The director repository.
+pub struct Director {
+    roots: MetaDir,
+    sites: PathBuf,
+    key: PathBuf,
+    lifetimes: Lifetimes,
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// One release in a site's desired state.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Image-repository target name of the release manifest.
+    pub name: String,
+    /// The image repository's entry for it (length and hashes are copied).
+    pub target: Target,
+    /// Service and version, for the agent's display.
+    pub service: String,
+    /// Release version.
+    pub version: String,
+}
+
+impl Director {
+    /// Opens the director repository, creating its root on first start. All director
+    /// roles use the director key (`director.key`), which is online by design.
+    pub async fn open(
+        data_dir: &Path,
+        lifetimes: Lifetimes,
+    ) -> Result<(Self, Vec<&'static str>), TufError> {
+        let base = data_dir.join("tuf").join("director");
+        let director = Director {
+            roots: MetaDir::new(base.join("metadata")),
+            sites: base.join("sites"),
+            key: data_dir.join("director.key"),
+            lifetimes,
+            writer: tokio::sync::Mutex::new(()),
+        };
+        let mut created = Vec::new();
+        if director.roots.latest("root.json").is_none() {
+            let (key, _) = SigningKey::load_or_create(&director.key)?;
+            let root = make_root(
+                NonZeroU64::MIN,
+                &[&key],
+                1,
+                &[&key],
+                &key,
+                &director.lifetimes,
+            );
+            let signed = sign(root.clone(), &root, &[&key]).await?;
+            director.roots.write("1.root.json", signed.buffer())?;
+            created.push("director repository");
+        }
+        Ok((director, created))
+    }
+
+    /// The shared root directory.
+    pub fn roots(&self) -> &MetaDir {
+        &self.roots
+    }
+
+    /// The metadata directory of one site.
+    pub fn site(&self, site: &str) -> MetaDir {
+        MetaDir::new(self.sites.join(site))
+    }
+
+    /// The newest root.
+    pub fn root(&self) -> Result<super::metadir::RootFile, TufError> {
+        self.roots
+            .latest_root()?
+            .ok_or_else(|| TufError::Io("the director repository has no root".into()))
+    }
+
+    /// Signs `entries` as `site`'s desired state at `generation` (the targets version).
+    pub async fn set(
+        &self,
+        site: &str,
+        generation: u64,
+        entries: &[Entry],
+    ) -> Result<(), TufError> {
+        let _writer = self.writer.lock().await;
+        let (root, _) = self.root()?;
+        let key = SigningKey::load(&self.key)?;
+        let version =
+            NonZeroU64::new(generation).ok_or_else(|| TufError::Rejected("generation 0".into()))?;
+        let mut targets = Targets::new(
+            SPEC_VERSION.into(),
+            version,
+            expires_in(self.lifetimes.director_targets),
+        );
+        targets
+            ._extra
+            .insert("continuum".into(), json!({ "site": site }));
+        for entry in entries {
+            let name = TargetName::new(entry.name.as_str())
+                .map_err(|e| TufError::Rejected(e.to_string()))?;
+            let mut target = entry.target.clone();
+            target.custom = HashMap::from([
+                ("service".to_owned(), Value::from(entry.service.clone())),
+                ("version".to_owned(), Value::from(entry.version.clone())),
+            ]);
+            targets.targets.insert(name, target);
+        }
+        let signed = sign(targets, &root.signed, &[&key]).await?;
+        commit_targets(
+            &self.site(site),
+            &root.signed,
+            signed.buffer(),
+            version,
+            &key,
+            &self.lifetimes,
+        )
+        .await
+    }
+
+    /// Re-signs every site's snapshot and timestamp that nears expiry. Returns how many
+    /// sites were refreshed.
+    pub async fn refresh_all(&self, force: bool) -> Result<usize, TufError> {
+        let _writer = self.writer.lock().await;
+        let (root, _) = self.root()?;
+        let key = SigningKey::load(&self.key)?;
+        let mut refreshed = 0;
+        let Ok(entries) = std::fs::read_dir(&self.sites) else {
+            return Ok(0);
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let dir = MetaDir::new(entry.path());
+            if refresh(&dir, &root.signed, &key, &self.lifetimes, force).await? {
+                refreshed += 1;
+            }
+        }
+        Ok(refreshed)
+    }
+}

@@ -1,0 +1,54 @@
+//! The desired state in force at this site: the last one that verified, stored in
+//! `<state dir>/desired.json` (0600) and replaced only by another that verified.
+
+use std::path::Path;
+
+use continuum_shared::manifest::Release;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+const FILE: &str = "desired.json";
+
+/// One verified release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifiedRelease {
+    /// Its image-repository target name.
+    pub target: String,
+    /// SHA-256 of its manifest, as both repositories list it.
+    pub sha256: String,
+    /// The manifest.
+    pub release: Release,
+}
+
+/// A verified desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The director's generation (its targets version).
+    pub generation: u64,
+    /// What this site should run.
+    pub releases: Vec<VerifiedRelease>,
+    /// When it verified, Unix seconds.
+    pub verified_at: i64,
+}
+
+impl DesiredState {
+    /// The state in force, if any.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, AgentError> {
+        let path = state_dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AgentError::State(format!("{} is damaged: {e}", path.display()))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Makes this the state in force (atomically).
+    pub fn save(&self, state_dir: &Path) -> Result<(), AgentError> {
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| AgentError::State(e.to_string()))?;
+        continuum_shared::files::write_private(&state_dir.join(FILE), &bytes)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Taking on new desired state, safely: TUF on two repositories, as Uptane splits them.
+//!
+//! The director repository says what this site should run (signed online by the control
+//! plane, bound to this site by name); the image repository says what the release
+//! managers signed. A release is accepted only when both agree on its name, length and
+//! hashes, and its manifest's bytes match them. Anything less is refused with a reason,
+//! and the state in force stays as it was.
+//!
+//! Trusted metadata lives in `<state dir>/tuf/{image,director}/` (tough's datastore), so
+//! rollback protection holds across restarts; the initial roots, received at join over
+//! the channel the token's CA pin protects, in `<state dir>/tuf/*-initial-root.json`.
+//! Expired metadata stops new state from being accepted, never what already runs.
+
+pub mod desired;
+pub mod transport;
+
+use std::path::{Path, PathBuf};
+
+use continuum_shared::manifest::{self, ImageSource};
+use tough::schema::{Signed, Targets};
+use tough::{ExpirationEnforcement, Limits, Repository, RepositoryLoader};
+use url::Url;
+
+pub use desired::{DesiredState, VerifiedRelease};
+pub use transport::{FetchLimits, LinkSlot, LinkTransport};
+
+/// Which of the two repositories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repo {
+    /// Releases, signed by the release keys.
+    Image,
+    /// This site's desired state, signed by the director.
+    Director,
+}
+
+impl Repo {
+    fn host(self) -> &'static str {
+        match self {
+            Repo::Image => "image",
+            Repo::Director => "director",
+        }
+    }
+}
+
+/// Where trusted metadata lives.
+pub fn datastore(state_dir: &Path, repo: Repo) -> PathBuf {
+    state_dir.join("tuf").join(repo.host())
+}
+
+/// Where the initial root received at join is kept.
+pub fn initial_root_path(state_dir: &Path, repo: Repo) -> PathBuf {
+    state_dir
+        .join("tuf")
+        .join(format!("{}-initial-root.json", repo.host()))
+}
+
+/// Why new desired state was not taken on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    /// Something does not verify: the state is refused until it changes.
+    #[error("{0}")]
+    Refused(String),
+    /// Nothing could be verified right now (link down, metadata expired): keep running the
+    /// last verified state and try again later.
+    #[error("{0}")]
+    Stale(String),
+}
+
+/// The metadata limits against endless-data attacks.
+pub fn limits() -> Limits {
+    Limits {
+        max_root_size: 1 << 20,
+        max_targets_size: 16 << 20,
+        max_timestamp_size: 64 << 10,
+        max_snapshot_size: 1 << 20,
+        max_root_updates: 1024,
+    }
+}
+
+/// Classifies tough's errors: transport trouble and expiry make the state stale, the rest
+/// is a refusal.
+fn classify(repo: Repo, error: tough::error::Error) -> TrustError {
+    let text = error.to_string();
+    let lower = text.to_lowercase();
+    let which = repo.host();
+    if lower.contains("expired") {
+        TrustError::Stale(format!(
+            "the {which} repository's metadata has expired (is the control plane re-signing it?): {text}"
+        ))
+    } else if matches!(error, tough::error::Error::Transport { .. })
+        && !lower.contains("over the limit")
+    {
+        TrustError::Stale(format!("cannot fetch the {which} repository: {text}"))
+    } else {
+        TrustError::Refused(format!("the {which} repository does not verify: {text}"))
+    }
+}
+
+/// Loads and verifies one repository through `transport`, starting from the newest root
+/// trusted so far.
+pub async fn load<T: tough::Transport + Clone + 'static>(
+    state_dir: &Path,
+    repo: Repo,
+    transport: T,
+) -> Result<Repository, TrustError> {
+    let store = datastore(state_dir, repo);
+    continuum_shared::files::create_private_dir(&store)
+        .map_err(|e| TrustError::Stale(e.to_string()))?;
+    let root = match std::fs::read(store.join("root.json")) {
+        Ok(bytes) => bytes,
+        Err(_) => std::fs::read(initial_root_path(state_dir, repo)).map_err(|_| {
+            TrustError::Stale(format!(
+                "no trusted {} root yet (it arrives after join)",
+                repo.host()
+            ))
+        })?,
+    };
+    let base = |kind: &str| {
+        Url::parse(&format!("continuum://{}/{kind}/", repo.host()))
+            .map_err(|e| TrustError::Refused(e.to_string()))
+    };
+    RepositoryLoader::new(&root, base("metadata")?, base("targets")?)
+        .transport(transport)
+        .datastore(store)
+        .limits(limits())
+        .expiration_enforcement(ExpirationEnforcement::Safe)
+        .load()
+        .await
+        .map_err(|e| classify(repo, e))
+}
+
+/// The site a director targets file is bound to.
+fn bound_site(targets: &Signed<Targets>) -> Option<&str> {
+    targets
+        .signed
+        ._extra
+        .get("continuum")?
+        .get("site")?
+        .as_str()
+}
+
+/// Verifies the newest desired state for `site`: both repositories, Uptane's agreement
+/// rule, and each release manifest's bytes. Nothing is stored here.
+pub async fn verify<T: tough::Transport + Clone + 'static>(
+    state_dir: &Path,
+    site: &str,
+    transport: T,
+) -> Result<DesiredState, TrustError> {
+    let director = load(state_dir, Repo::Director, transport.clone()).await?;
+    let image = load(state_dir, Repo::Image, transport).await?;
+    let wanted = director.targets();
+    match bound_site(wanted) {
+        Some(bound) if bound == site => {}
+        Some(other) => {
+            return Err(TrustError::Refused(format!(
+                "the director metadata is for site {other:?}, not this site ({site:?}): refusing another site's desired state"
+            )));
+        }
+        None => {
+            return Err(TrustError::Refused(
+                "the director metadata names no site".into(),
+            ));
+        }
+    }
+    let generation = wanted.signed.version.get();
+    let mut releases = Vec::new();
+    for (name, entry) in &wanted.signed.targets {
+        let vouched = image.targets().signed.targets.get(name);
+        let agrees = vouched
+            .is_some_and(|t| t.length == entry.length && t.hashes.sha256 == entry.hashes.sha256);
+        if !agrees {
+            return Err(TrustError::Refused(format!(
+                "the director lists {:?}, which the image repository does not vouch for with the same length and hashes",
+                name.raw()
+            )));
+        }
+        let stream = image
+            .read_target(name)
+            .await
+            .map_err(|e| classify(Repo::Image, e))?
+            .ok_or_else(|| {
+                TrustError::Refused(format!("{:?} is not in the image repository", name.raw()))
+            })?;
+        let bytes = tough::IntoVec::into_vec(stream)
+            .await
+            .map_err(|e| classify(Repo::Image, e))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| TrustError::Refused(format!("{:?} is not UTF-8 text", name.raw())))?;
+        let release = manifest::parse(name.raw(), &text, ImageSource::Archive)
+            .map_err(|e| TrustError::Refused(e.to_string()))?;
+        if manifest::target_name(&release.service, &release.version) != name.raw() {
+            return Err(TrustError::Refused(format!(
+                "{:?} holds the manifest of {} {}, not what its name says",
+                name.raw(),
+                release.service,
+                release.version
+            )));
+        }
+        releases.push(VerifiedRelease {
+            target: name.raw().to_owned(),
+            sha256: continuum_shared::tls::hex(&entry.hashes.sha256),
+            release,
+        });
+    }
+    Ok(DesiredState {
+        generation,
+        releases,
+        verified_at: continuum_shared::unix_now(),
+    })
+}

@@ -22,4 +22,5 @@ pub mod bins;
 pub mod peer;
 pub mod releases;
 pub mod server;
+pub mod tuf_fixture;
 pub mod wait;

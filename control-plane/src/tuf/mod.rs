@@ -23,7 +23,7 @@
 pub mod director;
 pub mod image;
 pub mod keys;
-mod metadir;
+pub mod metadir;
 
 use std::num::NonZeroU64;
 use std::time::Duration;

@@ -77,19 +77,25 @@ pub fn limits() -> Limits {
     }
 }
 
-/// Classifies tough's errors: transport trouble and expiry make the state stale, the rest
-/// is a refusal.
+/// Classifies tough's errors. Expired metadata, and trouble reaching the control
+/// plane (marked by the transport, or a file it does not serve), make the state stale:
+/// keep what runs and try again. Everything else (bad signatures, hashes, sizes,
+/// versions) is a refusal.
 fn classify(repo: Repo, error: tough::error::Error) -> TrustError {
     let text = error.to_string();
-    let lower = text.to_lowercase();
     let which = repo.host();
-    if lower.contains("expired") {
+    let unreachable = match &error {
+        tough::error::Error::Transport { source, .. } => {
+            source.kind() == tough::TransportErrorKind::FileNotFound
+                || text.contains(transport::LINK_TROUBLE)
+        }
+        _ => false,
+    };
+    if text.to_lowercase().contains("expired") {
         TrustError::Stale(format!(
             "the {which} repository's metadata has expired (is the control plane re-signing it?): {text}"
         ))
-    } else if matches!(error, tough::error::Error::Transport { .. })
-        && !lower.contains("over the limit")
-    {
+    } else if unreachable {
         TrustError::Stale(format!("cannot fetch the {which} repository: {text}"))
     } else {
         TrustError::Refused(format!("the {which} repository does not verify: {text}"))

@@ -22,6 +22,10 @@ use tokio::sync::{mpsc, watch};
 use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
+/// Marks errors that come from reaching the control plane rather than from what it
+/// sent, so that they make desired state stale instead of refused.
+pub const LINK_TROUBLE: &str = "link trouble: ";
+
 /// Limits of one download.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchLimits {
@@ -123,13 +127,18 @@ impl Transport for LinkTransport {
                 TransportErrorKind::FileNotFound,
                 url.as_str(),
             )),
-            Ok(Err(Attempt::Refused(m) | Attempt::Broken(m) | Attempt::Fatal(m))) => Err(
+            Ok(Err(Attempt::Broken(m))) => Err(TransportError::new_with_cause(
+                TransportErrorKind::Other,
+                url.as_str(),
+                format!("{LINK_TROUBLE}{m}"),
+            )),
+            Ok(Err(Attempt::Refused(m) | Attempt::Fatal(m))) => Err(
                 TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), m),
             ),
             Err(_) => Err(TransportError::new_with_cause(
                 TransportErrorKind::Other,
                 url.as_str(),
-                "timed out",
+                format!("{LINK_TROUBLE}timed out"),
             )),
         }
     }
@@ -168,8 +177,9 @@ impl Download {
                 }
                 None => {
                     let message = match error {
-                        Attempt::NotFound => "the file disappeared".into(),
-                        Attempt::Refused(m) | Attempt::Broken(m) | Attempt::Fatal(m) => m,
+                        Attempt::NotFound => format!("{LINK_TROUBLE}the file disappeared"),
+                        Attempt::Broken(m) => format!("{LINK_TROUBLE}{m}"),
+                        Attempt::Refused(m) | Attempt::Fatal(m) => m,
                     };
                     let _ = tx
                         .send(Err(TransportError::new_with_cause(

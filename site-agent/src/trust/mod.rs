@@ -102,6 +102,25 @@ fn classify(repo: Repo, error: tough::error::Error) -> TrustError {
     }
 }
 
+/// Loads and verifies a TUF repository the way this agent does (its size limits,
+/// expiry enforced, trusted metadata kept in `datastore`), starting from `root`. This is
+/// the code the TUF conformance suite exercises.
+pub async fn load_repository<T: tough::Transport + Clone + 'static>(
+    root: &[u8],
+    datastore: &Path,
+    metadata: Url,
+    targets: Url,
+    transport: T,
+) -> Result<Repository, tough::error::Error> {
+    RepositoryLoader::new(&root, metadata, targets)
+        .transport(transport)
+        .datastore(datastore)
+        .limits(limits())
+        .expiration_enforcement(ExpirationEnforcement::Safe)
+        .load()
+        .await
+}
+
 /// Loads and verifies one repository through `transport`, starting from the newest root
 /// trusted so far.
 pub async fn load<T: tough::Transport + Clone + 'static>(
@@ -125,14 +144,15 @@ pub async fn load<T: tough::Transport + Clone + 'static>(
         Url::parse(&format!("continuum://{}/{kind}/", repo.host()))
             .map_err(|e| TrustError::Refused(e.to_string()))
     };
-    RepositoryLoader::new(&root, base("metadata")?, base("targets")?)
-        .transport(transport)
-        .datastore(store)
-        .limits(limits())
-        .expiration_enforcement(ExpirationEnforcement::Safe)
-        .load()
-        .await
-        .map_err(|e| classify(repo, e))
+    load_repository(
+        &root,
+        &store,
+        base("metadata")?,
+        base("targets")?,
+        transport,
+    )
+    .await
+    .map_err(|e| classify(repo, e))
 }
 
 /// The site a director targets file is bound to.

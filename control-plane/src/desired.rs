@@ -105,3 +105,14 @@ async fn apply(
     tracing::info!(site = %desired.site, generation = desired.generation, "desired state signed");
     Ok(desired)
 }
+
+/// Signs every site's desired state again as a new generation (after a director key
+/// rotation), so every site moves to metadata under the new key. Returns how many.
+pub async fn resign_all(cp: &ControlPlane, actor: &str) -> Result<usize, DesiredError> {
+    let all: Vec<DesiredRecord> = cp.store.list_json(Tree::Desired)?;
+    let count = all.len();
+    for desired in all {
+        apply(cp, desired, actor).await?;
+    }
+    Ok(count)
+}

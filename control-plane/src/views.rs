@@ -245,3 +245,43 @@ pub struct Assign {
     /// Release version.
     pub version: String,
 }
+
+/// The signing keys of the repositories, as `continuum keys show` prints them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeysView {
+    /// SHA-256 of the image repository's first root: what sites pin with
+    /// `continuum-agent join --image-root-sha256`.
+    pub image_first_root_sha256: String,
+    /// The image repository's current root version.
+    pub image_root_version: u64,
+    /// Key ids and threshold per image role.
+    #[schema(value_type = Object)]
+    pub image_roles: serde_json::Value,
+    /// Whether this control plane holds an image root key.
+    pub holds_root_key: bool,
+    /// Whether this control plane holds a release key.
+    pub holds_release_key: bool,
+    /// The director repository's current root version.
+    pub director_root_version: u64,
+}
+
+/// A proposed image root, with targets re-signed when the release keys change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RootProposal {
+    /// The new root, signed by the keys the caller holds.
+    #[schema(value_type = Object)]
+    pub root: serde_json::Value,
+    /// The current targets re-signed with the new release key (next version).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub targets: Option<serde_json::Value>,
+}
+
+/// A director key rotation's result.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DirectorRotated {
+    /// The director's new root version.
+    pub root_version: u64,
+    /// Sites whose desired state was signed again.
+    pub sites_resigned: usize,
+}

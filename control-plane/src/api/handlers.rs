@@ -16,8 +16,9 @@ use crate::model::{AuditEntry, DesiredRecord, ReleaseRecord, Role};
 use crate::plane::{ControlPlane, rfc3339};
 use crate::tokens::{TokenRequest, TokenRequestError};
 use crate::views::{
-    Assign, OperatorCreate, OperatorCreated, OperatorView, ReleasePublish, SigningBase, SiteView,
-    TokenCreate, TokenCreated, TokenView, WhoAmI,
+    Assign, DirectorRotated, KeysView, OperatorCreate, OperatorCreated, OperatorView,
+    ReleasePublish, RootProposal, SigningBase, SiteView, TokenCreate, TokenCreated, TokenView,
+    WhoAmI,
 };
 use crate::{audit, backup, desired, operators, releases, sites, tokens};
 
@@ -328,4 +329,101 @@ pub async fn get_desired(
     tokio::task::block_in_place(|| desired::get(&cp, &name))?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("site {name:?} has no desired state")))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn tuf_error(e: crate::tuf::TufError) -> ApiError {
+    match e {
+        crate::tuf::TufError::Rejected(m) => ApiError::new(StatusCode::CONFLICT, m),
+        other => internal(other),
+    }
+}
+
+/// The repositories' keys and roles.
+#[utoipa::path(get, path = "/v1/repository/keys", responses((status = 200, body = KeysView)))]
+pub async fn keys(State(cp): Cp, caller: Caller) -> Result<Json<KeysView>, ApiError> {
+    caller.may_read(Role::Operator)?;
+    let first = cp.image.first_root().map_err(internal)?;
+    let (root, _) = cp.image.root().map_err(internal)?;
+    let roles = serde_json::to_value(&root.signed.roles).map_err(internal)?;
+    let (director, _) = cp.director.root().map_err(internal)?;
+    Ok(Json(KeysView {
+        image_first_root_sha256: continuum_shared::tls::hex(&continuum_shared::tls::sha256(&first)),
+        image_root_version: root.signed.version.get(),
+        image_roles: roles,
+        holds_root_key: cp.image.keys().root.exists(),
+        holds_release_key: cp.image.holds_release_key(),
+        director_root_version: director.signed.version.get(),
+    }))
+}
+
+/// Prepares a new online (snapshot and timestamp) key; a signed root must then name it.
+#[utoipa::path(post, path = "/v1/repository/image/online-key", responses((status = 200, body = Object)))]
+pub async fn prepare_online_key(
+    State(cp): Cp,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = caller
+        .write(
+            &cp,
+            Role::Admin,
+            "keys.prepare-online",
+            "image",
+            blocking(|| cp.image.prepare_online_key().map_err(tuf_error)),
+        )
+        .await?;
+    Ok(Json(serde_json::to_value(key).map_err(internal)?))
+}
+
+/// Installs a new image root (key rotation).
+#[utoipa::path(post, path = "/v1/repository/image/root", request_body = RootProposal,
+    responses((status = 200, body = crate::tuf::rotate::Rotated), (status = 409, body = crate::views::ErrorBody)))]
+pub async fn rotate_image_root(
+    State(cp): Cp,
+    caller: Caller,
+    Json(body): Json<RootProposal>,
+) -> Result<Json<crate::tuf::rotate::Rotated>, ApiError> {
+    let rotated = caller
+        .write(&cp, Role::Admin, "keys.rotate-image-root", "image", async {
+            let root = serde_json::from_value(body.root)
+                .map_err(|e| ApiError::bad_request(format!("root: {e}")))?;
+            let targets = body
+                .targets
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("targets: {e}")))?;
+            cp.image.rotate(root, targets).await.map_err(tuf_error)
+        })
+        .await?;
+    Ok(Json(rotated))
+}
+
+/// Replaces the director key and signs every site's desired state again.
+#[utoipa::path(post, path = "/v1/repository/director/rotate", responses((status = 200, body = DirectorRotated)))]
+pub async fn rotate_director(
+    State(cp): Cp,
+    caller: Caller,
+) -> Result<Json<DirectorRotated>, ApiError> {
+    let rotated = caller
+        .write(
+            &cp,
+            Role::Admin,
+            "keys.rotate-director",
+            "director",
+            async {
+                let root_version = cp.director.rotate_key().await.map_err(tuf_error)?;
+                let sites_resigned = desired::resign_all(&cp, &caller.actor.name)
+                    .await
+                    .map_err(internal)?;
+                Ok(DirectorRotated {
+                    root_version,
+                    sites_resigned,
+                })
+            },
+        )
+        .await?;
+    Ok(Json(rotated))
 }

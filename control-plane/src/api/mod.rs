@@ -47,6 +47,19 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/repository/image/targets", get(handlers::signing_base))
         .route("/v1/sites/{name}/assign", post(handlers::assign))
         .route("/v1/sites/{name}/desired", get(handlers::get_desired))
+        .route("/v1/repository/keys", get(handlers::keys))
+        .route(
+            "/v1/repository/image/online-key",
+            post(handlers::prepare_online_key),
+        )
+        .route(
+            "/v1/repository/image/root",
+            post(handlers::rotate_image_root),
+        )
+        .route(
+            "/v1/repository/director/rotate",
+            post(handlers::rotate_director),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(4 << 20))
         .with_state(cp)
 }
@@ -75,6 +88,10 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::signing_base,
         handlers::assign,
         handlers::get_desired,
+        handlers::keys,
+        handlers::prepare_online_key,
+        handlers::rotate_image_root,
+        handlers::rotate_director,
     ),
     components(schemas(
         crate::views::ErrorBody,
@@ -96,6 +113,10 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::views::ReleasePublish,
         crate::views::SigningBase,
         crate::views::Assign,
+        crate::views::KeysView,
+        crate::views::RootProposal,
+        crate::views::DirectorRotated,
+        crate::tuf::rotate::Rotated,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -141,6 +162,10 @@ mod tests {
             "/v1/repository/image/targets",
             "/v1/sites/{name}/assign",
             "/v1/sites/{name}/desired",
+            "/v1/repository/keys",
+            "/v1/repository/image/online-key",
+            "/v1/repository/image/root",
+            "/v1/repository/director/rotate",
         ] {
             assert!(
                 paths.contains(&route),

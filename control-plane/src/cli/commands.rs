@@ -48,6 +48,7 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         }
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
+        Command::Keys(command) => super::keys::run(&api, out, command).await,
         Command::Site(SiteCommand::Assign {
             site,
             service,

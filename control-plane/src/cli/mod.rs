@@ -2,6 +2,7 @@
 //! is an operator's call to its HTTPS API.
 
 mod commands;
+mod keys;
 mod output;
 mod releases;
 
@@ -75,6 +76,9 @@ pub enum Command {
     Release(ReleaseCommand),
     /// List published releases.
     Releases,
+    /// The signing keys of the release and desired-state repositories.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Show the audit log.
     Audit {
         /// How many of the newest entries.

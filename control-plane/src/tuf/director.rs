@@ -131,6 +131,38 @@ impl Director {
         .await
     }
 
+    /// Replaces the director key: a new root naming only the new key, signed by the old
+    /// and the new. Every site's desired state must then be signed again (see
+    /// `desired::resign_all`). Returns the new root version.
+    pub async fn rotate_key(&self) -> Result<u64, TufError> {
+        let _writer = self.writer.lock().await;
+        let (current, _) = self.root()?;
+        let old = SigningKey::load(&self.key)?;
+        let new = SigningKey::generate()?;
+        let mut root = make_root(
+            super::next(current.signed.version),
+            &[&new],
+            1,
+            &[&new],
+            &new,
+            &self.lifetimes,
+        );
+        root.consistent_snapshot = current.signed.consistent_snapshot;
+        let mut signed = sign(root.clone(), &root, &[&new]).await?.signed().clone();
+        super::rotate::add_signature(&mut signed, &old).await?;
+        current.signed.verify_role(&signed).map_err(|e| {
+            TufError::Metadata(format!("the rotated director root does not verify: {e}"))
+        })?;
+        let version = signed.signed.version;
+        self.roots.write(
+            &format!("{version}.root.json"),
+            &super::metadir::to_bytes(&signed)?,
+        )?;
+        new.save(&self.key)?;
+        tracing::info!(root_version = version.get(), "director key rotated");
+        Ok(version.get())
+    }
+
     /// Re-signs every site's snapshot and timestamp that nears expiry. Returns how many
     /// sites were refreshed.
     pub async fn refresh_all(&self, force: bool) -> Result<usize, TufError> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tough::TargetName;
 use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
 use tough::schema::{Hashes, RoleKeys, RoleType, Root, Signed, Target, Targets};
 
 use super::keys::SigningKey;
@@ -31,6 +32,8 @@ pub struct KeyFiles {
     pub release: PathBuf,
     /// Online snapshot and timestamp key.
     pub online: PathBuf,
+    /// A new online key, prepared for rotation until a signed root names it.
+    pub online_next: PathBuf,
 }
 
 impl KeyFiles {
@@ -40,15 +43,8 @@ impl KeyFiles {
             root: keys.join("image-root.key"),
             release: keys.join("release.key"),
             online: keys.join("image-online.key"),
+            online_next: keys.join("image-online.next.key"),
         }
-    }
-}
-
-fn role_keys(keys: &[&SigningKey], threshold: u64) -> RoleKeys {
-    RoleKeys {
-        keyids: keys.iter().map(|k| k.key_id().clone()).collect(),
-        threshold: NonZeroU64::new(threshold).unwrap_or(NonZeroU64::MIN),
-        _extra: HashMap::new(),
     }
 }
 
@@ -62,15 +58,49 @@ pub fn make_root(
     online: &SigningKey,
     lifetimes: &Lifetimes,
 ) -> Root {
+    let public = |keys: &[&SigningKey]| keys.iter().map(|k| k.public().clone()).collect::<Vec<_>>();
+    root_from_keys(
+        version,
+        &public(root),
+        threshold,
+        &public(release),
+        online.public(),
+        lifetimes,
+    )
+}
+
+/// The same from public keys alone (what release managers build new roots from).
+pub fn root_from_keys(
+    version: NonZeroU64,
+    root: &[Key],
+    threshold: u64,
+    release: &[Key],
+    online: &Key,
+    lifetimes: &Lifetimes,
+) -> Root {
     let mut keys = HashMap::new();
-    for key in root.iter().chain(release).chain(std::iter::once(&online)) {
-        keys.insert(key.key_id().clone(), key.public().clone());
-    }
+    let mut ids = |list: &[Key]| -> Vec<Decoded<Hex>> {
+        list.iter()
+            .filter_map(|k| {
+                let id = k.key_id().ok()?;
+                keys.insert(id.clone(), k.clone());
+                Some(id)
+            })
+            .collect()
+    };
+    let role = |keyids: Vec<Decoded<Hex>>, threshold: u64| RoleKeys {
+        keyids,
+        threshold: NonZeroU64::new(threshold).unwrap_or(NonZeroU64::MIN),
+        _extra: HashMap::new(),
+    };
+    let root_ids = ids(root);
+    let release_ids = ids(release);
+    let online_ids = ids(std::slice::from_ref(online));
     let mut roles = HashMap::new();
-    roles.insert(RoleType::Root, role_keys(root, threshold));
-    roles.insert(RoleType::Targets, role_keys(release, 1));
-    roles.insert(RoleType::Snapshot, role_keys(&[online], 1));
-    roles.insert(RoleType::Timestamp, role_keys(&[online], 1));
+    roles.insert(RoleType::Root, role(root_ids, threshold));
+    roles.insert(RoleType::Targets, role(release_ids, 1));
+    roles.insert(RoleType::Snapshot, role(online_ids.clone(), 1));
+    roles.insert(RoleType::Timestamp, role(online_ids, 1));
     Root {
         spec_version: SPEC_VERSION.into(),
         consistent_snapshot: true,
@@ -151,6 +181,21 @@ impl ImageRepo {
             created.push("image repository");
         }
         Ok((repo, created))
+    }
+
+    /// Serializes changes to the repository.
+    pub(super) fn writer(&self) -> &tokio::sync::Mutex<()> {
+        &self.writer
+    }
+
+    /// Where its keys live.
+    pub fn keys(&self) -> &KeyFiles {
+        &self.keys
+    }
+
+    /// How long what it signs stays valid.
+    pub fn lifetimes(&self) -> &Lifetimes {
+        &self.lifetimes
     }
 
     /// Its metadata directory (for serving).

@@ -24,6 +24,7 @@ pub mod director;
 pub mod image;
 pub mod keys;
 pub mod metadir;
+pub mod rotate;
 
 use std::num::NonZeroU64;
 use std::time::Duration;

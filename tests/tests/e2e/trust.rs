@@ -245,3 +245,129 @@ fn with_the_control_plane_gone_the_state_in_force_stays_and_is_reported_stale() 
     );
     assert!(status["running"].as_bool().unwrap());
 }
+
+#[test]
+fn keys_move_offline_and_rotate_while_sites_follow_by_themselves() {
+    let server = Server::start();
+    let publish = |version: &str, key: Option<&std::path::Path>| {
+        let file = write(
+            server.root(),
+            &format!("r{version}.toml"),
+            &manifest("rot", version),
+        );
+        let mut args = vec!["release", "publish", file.to_str().unwrap()];
+        if let Some(key) = key {
+            args.extend(["--key", key.to_str().unwrap()]);
+        }
+        server.cli(&args)
+    };
+    publish("1.0.0", None).ok();
+    let mut agent = Agent::new(server.root(), "follower");
+    agent.join(&server.token("follower", &[]), None).ok();
+    agent.start();
+    server.wait_online("follower");
+    server
+        .cli(&["site", "assign", "follower", "rot", "1.0.0"])
+        .ok();
+    verified(&server, "follower", 1);
+
+    // Root (2 of 3) and release keys move offline; the control plane deletes its copies.
+    let offline = server.root().join("offline");
+    let out = server
+        .cli(&[
+            "keys",
+            "init",
+            "--dir",
+            offline.to_str().unwrap(),
+            "--keys",
+            "3",
+            "--threshold",
+            "2",
+        ])
+        .ok();
+    assert!(out.stdout.contains("deleted its copy"), "{}", out.stdout);
+    assert!(!server.data_dir().join("keys/image-root.key").exists());
+    assert!(!server.data_dir().join("keys/release.key").exists());
+    let keys = server.json(&["keys", "show"]);
+    assert_eq!(keys["holds_release_key"], false);
+    assert_eq!(keys["image_roles"]["root"]["threshold"], 2);
+    let refused = publish("2.0.0", None);
+    assert!(refused.stderr.contains("--key"), "{}", refused.stderr);
+    publish("2.0.0", Some(&offline.join("release.key"))).ok();
+    server
+        .cli(&["site", "assign", "follower", "rot", "2.0.0"])
+        .ok();
+    verified(&server, "follower", 2);
+
+    // The online key rotates, signed by two of the three offline root keys; one is not
+    // enough.
+    let one = offline.join("root-1.key");
+    let two = offline.join("root-2.key");
+    let short = server.cli(&[
+        "keys",
+        "rotate",
+        "online",
+        "--root-key",
+        one.to_str().unwrap(),
+    ]);
+    assert!(short.stderr.contains("threshold"), "{}", short.stderr);
+    server
+        .cli(&[
+            "keys",
+            "rotate",
+            "online",
+            "--root-key",
+            one.to_str().unwrap(),
+            "--root-key",
+            two.to_str().unwrap(),
+        ])
+        .ok();
+    server
+        .cli(&["site", "assign", "follower", "rot", "1.0.0"])
+        .ok();
+    verified(&server, "follower", 3);
+
+    // The release key rotates; the old one no longer signs anything.
+    let new_release = server.root().join("release-2.key");
+    server
+        .cli(&[
+            "keys",
+            "rotate",
+            "release",
+            "--out",
+            new_release.to_str().unwrap(),
+            "--root-key",
+            one.to_str().unwrap(),
+            "--root-key",
+            two.to_str().unwrap(),
+        ])
+        .ok();
+    let old_key = publish("3.0.0", Some(&offline.join("release.key")));
+    assert!(
+        old_key.stderr.contains("not a release key"),
+        "{}",
+        old_key.stderr
+    );
+    publish("3.0.0", Some(&new_release)).ok();
+    server
+        .cli(&["site", "assign", "follower", "rot", "3.0.0"])
+        .ok();
+    verified(&server, "follower", 4);
+
+    // The director key rotates: every site's desired state is signed again.
+    let rotated = server.json(&["keys", "rotate", "director"]);
+    assert_eq!(rotated["sites_resigned"], 1);
+    verified(&server, "follower", 5);
+    assert_eq!(
+        agent.status()["desired"]["releases"][0]["release"]["version"],
+        "3.0.0"
+    );
+    let audit = server.json(&["audit"]).to_string();
+    for action in [
+        "keys.rotate-image-root",
+        "keys.prepare-online",
+        "keys.rotate-director",
+    ] {
+        assert!(audit.contains(action), "{action} is audited");
+    }
+}

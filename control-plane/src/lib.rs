@@ -14,10 +14,13 @@
 //! - [`fleet`]: sites connected right now; [`plane`]: the shared state.
 //! - [`ca`], [`datadir`]: keys and certificates; [`backup`]: archive and restore.
 //! - [`store`]: durable state behind a trait (sled, and an in-memory twin).
+//! - [`releases`], [`archives`]: publishing releases and the image archives shipped
+//!   with them.
 //! - [`model`], [`views`]: stored records and API shapes; [`client`]: the CLI's HTTPS client.
 
 pub mod agents;
 pub mod api;
+pub mod archives;
 pub mod audit;
 pub mod backup;
 pub mod ca;

@@ -52,6 +52,9 @@ pub struct SiteRecord {
     /// What the site last reported about its desired state.
     #[serde(default)]
     pub trust: Option<TrustReport>,
+    /// The state of each service at the site, as it last reported.
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, continuum_shared::protocol::ServiceReport>,
 }
 
 impl SiteRecord {
@@ -219,6 +222,10 @@ pub struct ReleaseRecord {
     /// Whether the release key that signed it is held offline (`offline`) or by this
     /// control plane (`control-plane`).
     pub signed_by: String,
+    /// The image archive shipped with the release, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub archive: Option<continuum_shared::manifest::ImageArchive>,
 }
 
 /// One release in a site's desired state.

@@ -2,15 +2,17 @@
 
 use std::collections::HashMap;
 
-use continuum_shared::manifest::{self, ImageSource, Release};
+use continuum_shared::manifest::{self, ImageArchive, ImageSource, Release};
 use serde_json::Value;
-use tough::schema::{Signed, Targets};
+use tough::schema::{Signed, Target, Targets};
 
 use crate::error::StoreError;
 use crate::model::ReleaseRecord;
 use crate::plane::{ControlPlane, rfc3339};
 use crate::store::{StoreExt, Tree};
 use crate::tuf::TufError;
+use crate::tuf::image::{target_for, target_for_hash};
+use crate::views::ArchiveUploaded;
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,24 +26,40 @@ pub enum PublishError {
     /// Storing the record failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The image archive is missing or does not match the manifest.
+    #[error("{0}")]
+    Archive(String),
 }
 
-/// Checks and publishes a manifest. `signed_targets` is the new image targets metadata
-/// signed offline by the release managers; without it this control plane signs.
+/// Checks and publishes a manifest, with the image archive uploaded for it if any.
+/// `signed_targets` is the new image targets metadata signed offline by the release
+/// managers; without it this control plane signs.
 pub async fn publish(
     cp: &ControlPlane,
     file: &str,
     text: &str,
     signed_targets: Option<Signed<Targets>>,
+    archive: Option<&ArchiveUploaded>,
     actor: &str,
 ) -> Result<ReleaseRecord, PublishError> {
-    let release = manifest::parse(file, text, ImageSource::Registry)?;
+    let source = if archive.is_some() {
+        ImageSource::Archive
+    } else {
+        ImageSource::Registry
+    };
+    let release = manifest::parse(file, text, source)?;
+    let archive = match archive {
+        Some(uploaded) => Some(archive_record(cp, &release, uploaded)?),
+        None => None,
+    };
     let name = manifest::target_name(&release.service, &release.version);
     let offline = signed_targets.is_some();
-    let target = cp
-        .image
-        .publish(&name, text.as_bytes(), custom(&release), signed_targets)
-        .await?;
+    let entries = entries(&release, text.as_bytes(), archive.as_ref())?;
+    cp.image.store_content(text.as_bytes())?;
+    let published = cp.image.publish_entries(entries, signed_targets).await?;
+    let target = published
+        .last()
+        .ok_or_else(|| TufError::Io("nothing was published".into()))?;
     let key = format!("{}/{}", release.service, release.version);
     if let Some(existing) = cp
         .store
@@ -63,11 +81,94 @@ pub async fn publish(
         } else {
             "control-plane".into()
         },
+        archive,
     };
     cp.store.put_json(Tree::Releases, key.as_bytes(), &record)?;
     cp.store.flush()?;
     tracing::info!(service = %record.service, version = %record.version, signed_by = %record.signed_by, "release published");
     Ok(record)
+}
+
+/// The image-repository entries of a release: its archive (if any), then its manifest,
+/// whose custom field records the archive's hash and image id. The CLI builds the same
+/// entries when release managers sign offline.
+pub fn entries(
+    release: &Release,
+    manifest_bytes: &[u8],
+    archive: Option<&ImageArchive>,
+) -> Result<Vec<(String, Target)>, PublishError> {
+    let mut entries = Vec::new();
+    if let Some(archive) = archive {
+        let sha256 = unhex32(&archive.sha256).ok_or_else(|| {
+            PublishError::Archive("the archive's sha256 is not 64 hex digits".into())
+        })?;
+        let custom = HashMap::from([
+            ("kind".to_owned(), Value::from("image-archive")),
+            ("service".to_owned(), Value::from(release.service.clone())),
+            ("version".to_owned(), Value::from(release.version.clone())),
+        ]);
+        entries.push((
+            archive.target.clone(),
+            target_for_hash(sha256, archive.length, custom),
+        ));
+    }
+    let mut custom = custom(release);
+    if let Some(archive) = archive {
+        let value =
+            serde_json::to_value(archive).map_err(|e| PublishError::Archive(e.to_string()))?;
+        custom.insert("archive".to_owned(), value);
+    }
+    entries.push((
+        manifest::target_name(&release.service, &release.version),
+        target_for(manifest_bytes, custom),
+    ));
+    Ok(entries)
+}
+
+/// The archive record of a release from an upload this control plane holds: the image
+/// it holds must be the one the manifest names.
+pub fn archive_record(
+    cp: &ControlPlane,
+    release: &Release,
+    uploaded: &ArchiveUploaded,
+) -> Result<ImageArchive, PublishError> {
+    let path = cp.image.blob(&uploaded.sha256).ok_or_else(|| {
+        PublishError::Archive(format!(
+            "no uploaded archive has SHA-256 {}: upload it first (continuum release publish --image-archive does)",
+            uploaded.sha256
+        ))
+    })?;
+    let image = crate::archives::inspect(&path).map_err(PublishError::Archive)?;
+    if !crate::archives::names(&image, &release.container.image) {
+        return Err(PublishError::Archive(format!(
+            "container.image is {:?}, but the archive holds {:?}: tag the image with the name the manifest uses before saving it",
+            release.container.image, image.repo_tags
+        )));
+    }
+    let length = std::fs::metadata(&path)
+        .map_err(|e| PublishError::Archive(e.to_string()))?
+        .len();
+    let archive = ImageArchive {
+        target: manifest::archive_target_name(&release.service, &release.version),
+        sha256: uploaded.sha256.clone(),
+        length,
+        image_id: image.image_id,
+    };
+    archive
+        .check(&release.service, &release.version)
+        .map_err(PublishError::Archive)?;
+    Ok(archive)
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The `custom` field of a release target: what it is, for people reading metadata.

@@ -74,6 +74,7 @@ pub fn join(cp: &ControlPlane, request: &JoinRequest) -> Result<IssuedCertificat
         revoked_at: None,
         revoked_by: None,
         trust: None,
+        services: Default::default(),
     };
 
     // Claim the name atomically. A retry by the same site (same key, same token, e.g.
@@ -351,6 +352,57 @@ pub fn revoke(cp: &ControlPlane, site: &str, by: &str) -> Result<SiteRecord, Rev
 /// One site by name.
 pub fn get(cp: &ControlPlane, site: &str) -> Result<Option<SiteRecord>, StoreError> {
     cp.store.get_json(Tree::Sites, site.as_bytes())
+}
+
+/// Most services one site may report; reports beyond it are dropped.
+pub const MAX_SERVICES_PER_SITE: usize = 256;
+
+/// Records what a site reported about one of its services. Text is bounded and the
+/// number of services per site capped, so a hostile agent cannot grow the record; a
+/// removed service is forgotten.
+pub fn record_service(
+    cp: &ControlPlane,
+    site: &str,
+    report: &continuum_shared::protocol::ServiceReport,
+) {
+    use continuum_shared::protocol::{MAX_REPORT_TEXT, ServicePhase};
+    if continuum_shared::names::check_name("service", &report.service).is_err() {
+        tracing::warn!(
+            site,
+            "a service report with an invalid service name was ignored"
+        );
+        return;
+    }
+    let cut = |t: &Option<String>| {
+        t.as_ref()
+            .map(|t| t.chars().take(MAX_REPORT_TEXT).collect())
+    };
+    let short = |t: &Option<String>| t.as_ref().map(|t| t.chars().take(64).collect());
+    let report = continuum_shared::protocol::ServiceReport {
+        desired: short(&report.desired),
+        running: short(&report.running),
+        last_known_good: short(&report.last_known_good),
+        failed: short(&report.failed),
+        last_error: cut(&report.last_error),
+        failure: cut(&report.failure),
+        ..report.clone()
+    };
+    let result = cp.store.update(Tree::Sites, site.as_bytes(), &mut |old| {
+        let mut record: SiteRecord = decode(Tree::Sites, b"", old?).ok()?;
+        if report.phase == ServicePhase::Removed {
+            record.services.remove(&report.service);
+        } else if record.services.len() < MAX_SERVICES_PER_SITE
+            || record.services.contains_key(&report.service)
+        {
+            record
+                .services
+                .insert(report.service.clone(), report.clone());
+        }
+        encode(&record).ok()
+    });
+    if let Err(e) = result {
+        tracing::warn!(site, error = %e, "could not record the site's service report");
+    }
 }
 
 /// Every site, by name.

@@ -52,6 +52,9 @@ pub struct SiteView {
     pub revoked_at: Option<String>,
     /// What the site last reported about its desired state.
     pub trust: Option<crate::model::TrustReport>,
+    /// Each service's desired and running release, phase, health and last failure.
+    #[schema(value_type = Object)]
+    pub services: std::collections::BTreeMap<String, continuum_shared::protocol::ServiceReport>,
 }
 
 impl SiteView {
@@ -81,6 +84,7 @@ impl SiteView {
             certificate_expires: rfc3339(record.cert_not_after),
             revoked_at: record.revoked_at.map(rfc3339),
             trust: record.trust.clone(),
+            services: record.services.clone(),
         }
     }
 }
@@ -224,6 +228,24 @@ pub struct ReleasePublish {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub targets: Option<serde_json::Value>,
+    /// The image archive shipped with the release, uploaded first to `/v1/archives`.
+    #[serde(default)]
+    pub archive: Option<ArchiveUploaded>,
+}
+
+/// An image archive the control plane holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveUploaded {
+    /// SHA-256 of the archive, lower-case hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub length: u64,
+    /// The id of the image it holds.
+    #[serde(default)]
+    pub image_id: String,
+    /// The tags it carries.
+    #[serde(default)]
+    pub repo_tags: Vec<String>,
 }
 
 /// What release managers sign the next targets metadata against.

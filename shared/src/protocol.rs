@@ -303,6 +303,72 @@ pub enum AgentMessage {
     Heartbeat(Heartbeat),
     /// What the agent made of its desired state.
     Trust(TrustStatus),
+    /// The state of one service at the site, sent when it changes.
+    Service(ServiceReport),
+}
+
+/// The longest text (errors, log tails) a service report carries.
+pub const MAX_REPORT_TEXT: usize = 2048;
+
+/// One service at a site: what should run, what runs, and how it is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// The service.
+    pub service: String,
+    /// The release the desired state names (none: the service is being removed).
+    pub desired: Option<String>,
+    /// The release whose container runs now.
+    pub running: Option<String>,
+    /// The last release that proved healthy here.
+    pub last_known_good: Option<String>,
+    /// Where the service stands.
+    pub phase: ServicePhase,
+    /// The last health verdict of the running container.
+    pub health: HealthState,
+    /// Restarts of the running container counted by the engine.
+    pub restarts: u32,
+    /// The last thing that went wrong, if it still applies.
+    pub last_error: Option<String>,
+    /// A release that failed here and is not retried until the desired state changes.
+    pub failed: Option<String>,
+    /// Why it failed, with the container's last log lines.
+    pub failure: Option<String>,
+    /// When this report was made, Unix seconds.
+    pub at: i64,
+}
+
+/// Where a service stands at a site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServicePhase {
+    /// Getting the image or creating the container.
+    Deploying,
+    /// The new release runs and must prove healthy before its deadline.
+    Trial,
+    /// The desired release runs and proved healthy.
+    Running,
+    /// The desired release failed; the last-known-good release runs instead.
+    RolledBack,
+    /// The desired release failed and there is nothing to go back to.
+    Failed,
+    /// The site's own policy refuses the release.
+    Refused,
+    /// The service is no longer desired and its containers are gone.
+    Removed,
+}
+
+/// A health verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthState {
+    /// Not probed yet, or inside the start period.
+    Starting,
+    /// The last probes passed.
+    Healthy,
+    /// The last probe failed.
+    Unhealthy,
+    /// No container runs.
+    Down,
 }
 
 /// The outcome of an agent's last attempt to take on new desired state.

@@ -66,6 +66,14 @@ pub enum Command {
         /// Longest reconnect delay.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         reconnect_max: Duration,
+        /// The container engine: a Docker Engine API socket (Docker, or Podman's
+        /// compatible socket such as unix:///run/podman/podman.sock); `none` deploys
+        /// nothing. Default: $DOCKER_HOST, else unix:///var/run/docker.sock.
+        #[arg(long, env = "CONTINUUM_ENGINE")]
+        engine: Option<String>,
+        /// Time between reconcile passes when nothing is in flight.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        reconcile_interval: Duration,
     },
     /// Show this site's identity and link state, from local files.
     Status {
@@ -104,11 +112,19 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
         Command::Run {
             reconnect_base,
             reconnect_max,
+            engine,
+            reconcile_interval,
         } => {
+            let engine = engine.unwrap_or_else(crate::engine::default_address);
+            let deploy = (engine != "none").then(|| crate::deploy::Settings {
+                engine,
+                interval: reconcile_interval.max(Duration::from_millis(100)),
+            });
             let options = RunOptions {
                 state_dir,
                 reconnect_base,
                 reconnect_max,
+                deploy,
             };
             match crate::run::run(options, shutdown_signal()).await {
                 Ok(()) => Ok(0),

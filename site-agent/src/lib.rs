@@ -14,12 +14,17 @@
 //! - [`join`], [`renew`]: enrollment and certificate renewal.
 //! - [`connect`]: dialing the control plane; [`session`]: one connected session;
 //!   [`run`]: the reconnect loop around sessions.
+//! - [`trust`]: verifying desired state (TUF, as Uptane splits it).
+//! - [`engine`]: the container engine; [`deploy`]: the reconcile loop that brings the
+//!   site's containers to the verified desired state, health checks and rollback.
 //! - [`labels`]: facts detected about this host.
 //! - [`status`]: the status file the running agent keeps, and its display.
 //! - [`error`]: the agent's errors.
 
 pub mod cli;
 pub mod connect;
+pub mod deploy;
+pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod join;

@@ -13,11 +13,13 @@ use continuum_shared::unix_now;
 use tracing::{info, warn};
 
 use crate::connect::dial;
+use crate::deploy::Reconciler;
 use crate::error::AgentError;
 use crate::identity::{Identity, SiteKey};
 use crate::renew::renew_expired;
 use crate::session::{self, SessionContext, SessionEnd};
 use crate::status::{LinkState, StatusFile};
+use crate::trust::DesiredState;
 
 /// Settings of the run loop.
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct RunOptions {
     pub reconnect_base: Duration,
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
+    /// How containers are run; `None` when this agent deploys nothing.
+    pub deploy: Option<crate::deploy::Settings>,
 }
 
 /// Runs until `shutdown` resolves (Ok) or the site is revoked (Err).
@@ -36,10 +40,40 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut status = StatusFile::new(&options.state_dir);
+    let identity = Identity::require(&options.state_dir)?;
+    let (slot, links) = tokio::sync::watch::channel(None);
+    let in_force = DesiredState::load(&options.state_dir).unwrap_or_else(|e| {
+        warn!(error = %e, "the desired state in force is unreadable; deploying nothing until a new one verifies");
+        None
+    });
+    let (desired, desired_rx) = tokio::sync::watch::channel(in_force);
+    let (reports_tx, reports) = tokio::sync::watch::channel(crate::deploy::Reports::new());
+    let reconciler = match options.deploy.clone() {
+        Some(settings) => {
+            let reconciler = Reconciler::new(
+                identity.site.clone(),
+                options.state_dir.clone(),
+                settings,
+                links,
+                desired_rx,
+                reports_tx,
+            )?;
+            Some(tokio::spawn(reconciler.run()))
+        }
+        None => None,
+    };
+    let channels = Channels {
+        slot,
+        desired,
+        reports,
+    };
     let result = tokio::select! {
-        result = connect_loop(&options, &mut status) => result,
+        result = connect_loop(&options, identity, &channels, &mut status) => result,
         _ = shutdown => Ok(()),
     };
+    if let Some(reconciler) = reconciler {
+        reconciler.abort();
+    }
     let final_state = if matches!(result, Err(AgentError::Revoked(_))) {
         LinkState::Revoked
     } else {
@@ -54,14 +88,27 @@ pub async fn run(
     result
 }
 
-async fn connect_loop(options: &RunOptions, status: &mut StatusFile) -> Result<(), AgentError> {
+/// What the run loop shares with sessions and the reconciler.
+struct Channels {
+    /// The current link, for downloads.
+    slot: tokio::sync::watch::Sender<Option<continuum_shared::link::Link>>,
+    /// The desired state in force, for the reconciler.
+    desired: tokio::sync::watch::Sender<Option<DesiredState>>,
+    /// The reconciler's service reports, for the control plane.
+    reports: tokio::sync::watch::Receiver<crate::deploy::Reports>,
+}
+
+async fn connect_loop(
+    options: &RunOptions,
+    mut identity: Identity,
+    channels: &Channels,
+    status: &mut StatusFile,
+) -> Result<(), AgentError> {
     let dir = &options.state_dir;
-    let mut identity = Identity::require(dir)?;
     let key = SiteKey::load(dir)?;
     let labels = crate::labels::detect();
     let started_at = unix_now();
     let mut backoff = Backoff::new(options.reconnect_base, options.reconnect_max);
-    let (slot, _) = tokio::sync::watch::channel(None);
     info!(site = %identity.site, version = crate::VERSION, "agent starting");
     status.update(|s| s.state = LinkState::Starting);
 
@@ -74,7 +121,7 @@ async fn connect_loop(options: &RunOptions, status: &mut StatusFile) -> Result<(
             started_at,
             options,
             status,
-            &slot,
+            channels,
         )
         .await
         {
@@ -108,8 +155,9 @@ async fn attempt(
     started_at: i64,
     options: &RunOptions,
     status: &mut StatusFile,
-    slot: &tokio::sync::watch::Sender<Option<continuum_shared::link::Link>>,
+    channels: &Channels,
 ) -> Attempt {
+    let slot = &channels.slot;
     let dir = &options.state_dir;
     if identity.expired(unix_now()) {
         info!(site = %identity.site, "certificate expired while offline; renewing by proof of key possession");
@@ -154,6 +202,8 @@ async fn attempt(
         started_at,
         status,
         slot: slot.subscribe(),
+        desired: &channels.desired,
+        reports: channels.reports.clone(),
     };
     let end = session::run(&connection.link, &connection.address, ctx).await;
     slot.send_replace(None);

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
 
+use crate::deploy::Reports;
 use crate::error::AgentError;
 use crate::identity::{Identity, SiteKey};
 use crate::renew::renew_over;
@@ -58,6 +59,10 @@ pub struct SessionContext<'a> {
     pub status: &'a mut StatusFile,
     /// The current link, for downloads that must survive a reconnect.
     pub slot: LinkSlot,
+    /// Where newly verified desired state goes into force.
+    pub desired: &'a tokio::sync::watch::Sender<Option<DesiredState>>,
+    /// The reconciler's service reports.
+    pub reports: tokio::sync::watch::Receiver<Reports>,
 }
 
 /// Runs a session on `link` until it ends.
@@ -124,6 +129,7 @@ async fn serve(
         wanted: 0,
         verifying: None,
         retry_at: None,
+        sent: Reports::new(),
     };
     match session.run(messages, interval).await {
         Err(AgentError::Revoked(reason)) => Ok(SessionEnd::Revoked(reason)),
@@ -159,6 +165,8 @@ struct Session<'a, 'b> {
     wanted: u64,
     verifying: Option<JoinHandle<Result<DesiredState, TrustError>>>,
     retry_at: Option<Instant>,
+    /// The service reports this session has sent.
+    sent: Reports,
 }
 
 impl Session<'_, '_> {
@@ -170,6 +178,7 @@ impl Session<'_, '_> {
         let mut seq = 0u64;
         let mut next_beat = Instant::now() + interval;
         let mut renew_at = renewal_deadline(self.ctx.identity);
+        self.send_reports().await?;
         loop {
             let retry_at = self
                 .retry_at
@@ -214,6 +223,11 @@ impl Session<'_, '_> {
                 outcome = wait(&mut self.verifying) => {
                     self.verifying = None;
                     self.finish_verify(outcome).await?;
+                }
+                changed = self.ctx.reports.changed() => {
+                    if changed.is_ok() {
+                        self.send_reports().await?;
+                    }
                 }
                 _ = sleep_until(retry_at), if self.retry_at.is_some() => {
                     self.retry_at = None;
@@ -264,6 +278,7 @@ impl Session<'_, '_> {
         match outcome {
             Ok(state) if state.generation > self.in_force() => {
                 state.save(self.ctx.state_dir)?;
+                self.ctx.desired.send_replace(Some(state.clone()));
                 info!(
                     generation = state.generation,
                     releases = state.releases.len(),
@@ -288,6 +303,25 @@ impl Session<'_, '_> {
                 warn!(%reason, "desired state not available; keeping the state in force");
                 self.report(TrustState::Stale, Some(reason)).await;
                 self.retry_at = Some(Instant::now() + VERIFY_RETRY);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the control plane each service report that changed since it last heard.
+    async fn send_reports(&mut self) -> Result<(), AgentError> {
+        let current = self.ctx.reports.borrow_and_update().clone();
+        for (name, report) in current {
+            let known = self
+                .sent
+                .get(&name)
+                .is_some_and(|sent| crate::deploy::same_report(sent, &report));
+            if !known {
+                self.writer
+                    .send(&AgentMessage::Service(report.clone()))
+                    .await
+                    .map_err(|e| closed_or(self.link, e))?;
+                self.sent.insert(name, report);
             }
         }
         Ok(())

@@ -157,6 +157,8 @@ pub struct StatusReport {
     pub desired_fresh_until: Option<String>,
     /// Whether that time has passed.
     pub desired_stale: bool,
+    /// Each service: desired and running release, phase, health, last failure.
+    pub services: crate::deploy::Reports,
 }
 
 /// When the trusted director timestamp expires, if there is one.
@@ -165,6 +167,14 @@ fn director_expiry(state_dir: &Path) -> Option<jiff::Timestamp> {
         crate::trust::datastore(state_dir, crate::trust::Repo::Director).join("timestamp.json");
     let value: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     value["signed"]["expires"].as_str()?.parse().ok()
+}
+
+/// The name a value serializes to (`rolled-back`, `healthy`).
+fn name_of<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Builds the report from the state directory.
@@ -180,6 +190,7 @@ pub fn report(state_dir: &Path, identity: Option<&Identity>) -> StatusReport {
         desired: crate::trust::DesiredState::load(state_dir).ok().flatten(),
         desired_fresh_until: expiry.map(|t| t.to_string()),
         desired_stale: expiry.is_some_and(|t| t < jiff::Timestamp::now()),
+        services: crate::deploy::load_reports(state_dir),
         site: identity.map(|i| i.site.clone()),
         state_dir: state_dir.display().to_string(),
         control_plane: identity.map(|i| i.addresses.clone()).unwrap_or_default(),
@@ -253,6 +264,27 @@ pub fn render(report: &StatusReport) -> String {
                 ));
             }
         }
+    }
+    for service in report.services.values() {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let problem = service
+            .failure
+            .as_ref()
+            .or(service.last_error.as_ref())
+            .and_then(|t| t.lines().next())
+            .map(|t| format!("; {t}"))
+            .unwrap_or_default();
+        lines.push((
+            "service",
+            format!(
+                "{}: desired {}, running {}, {}, {}{problem}",
+                service.service,
+                dash(&service.desired),
+                dash(&service.running),
+                name_of(&service.phase),
+                name_of(&service.health)
+            ),
+        ));
     }
     if let Some(run) = &report.run
         && let (Some(state), Some(at)) = (&run.trust_state, run.trust_at)

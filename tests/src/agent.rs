@@ -67,13 +67,26 @@ impl Agent {
 
     /// Starts `continuum-agent run` with the given options.
     pub fn start_with(&mut self, options: &[&str]) {
+        self.start_with_env(options, &[]);
+    }
+
+    /// Starts `continuum-agent run` with the given options and environment variables.
+    pub fn start_with_env(&mut self, options: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
         self.runs += 1;
         let log = File::create(self.log_path()).expect("log file");
+        // Agents deploy nothing unless a test gives them an engine.
+        let engine: &[&str] = if options.contains(&"--engine") {
+            &[]
+        } else {
+            &["--engine", "none"]
+        };
         let child = self
             .command()
             .arg("run")
+            .args(engine)
             .args(options)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

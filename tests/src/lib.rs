@@ -12,6 +12,7 @@
 //! - [`agent`]: a `continuum-agent` with its own state directory.
 //! - [`peer`]: an in-process QUIC peer speaking raw frames, for hostile and
 //!   old-protocol tests.
+//! - [`docker`]: the real Docker engine, and test images built without a registry.
 //! - [`wait`]: bounded polling.
 
 // A test harness fails by panicking, with a message saying what it expected.
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod docker;
 pub mod peer;
 pub mod releases;
 pub mod server;

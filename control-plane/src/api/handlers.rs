@@ -16,9 +16,9 @@ use crate::model::{AuditEntry, DesiredRecord, ReleaseRecord, Role};
 use crate::plane::{ControlPlane, rfc3339};
 use crate::tokens::{TokenRequest, TokenRequestError};
 use crate::views::{
-    Assign, DirectorRotated, KeysView, OperatorCreate, OperatorCreated, OperatorView,
-    ReleasePublish, RootProposal, SigningBase, SiteView, TokenCreate, TokenCreated, TokenView,
-    WhoAmI,
+    ArchiveUploaded, Assign, DirectorRotated, KeysView, OperatorCreate, OperatorCreated,
+    OperatorView, ReleasePublish, RootProposal, SigningBase, SiteView, TokenCreate, TokenCreated,
+    TokenView, WhoAmI,
 };
 use crate::{audit, backup, desired, operators, releases, sites, tokens};
 
@@ -242,6 +242,49 @@ pub async fn list_releases(
     Ok(Json(tokio::task::block_in_place(|| releases::list(&cp))?))
 }
 
+/// Uploads an image archive (`docker save` format) for a release to ship: stored by its
+/// SHA-256, and answered with the image it holds. Publishing the release signs it.
+#[utoipa::path(post, path = "/v1/archives", request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 200, body = ArchiveUploaded), (status = 400, body = crate::views::ErrorBody), (status = 403, body = crate::views::ErrorBody)))]
+pub async fn upload_archive(
+    State(cp): Cp,
+    caller: Caller,
+    body: axum::body::Body,
+) -> Result<Json<ArchiveUploaded>, ApiError> {
+    let uploaded = caller
+        .write(
+            &cp,
+            Role::Operator,
+            "archive.upload",
+            "image archive",
+            async {
+                let stream = body.into_data_stream();
+                let stored =
+                    crate::archives::store(&cp.image, stream, crate::archives::MAX_ARCHIVE)
+                        .await
+                        .map_err(ApiError::bad_request)?;
+                let sha256 = continuum_shared::tls::hex(&stored.sha256);
+                let path = stored.path.clone();
+                let image = tokio::task::spawn_blocking(move || crate::archives::inspect(&path))
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the upload is not a usable image archive: {e}"
+                        ))
+                    })?;
+                Ok(ArchiveUploaded {
+                    sha256,
+                    length: stored.length,
+                    image_id: image.image_id,
+                    repo_tags: image.repo_tags,
+                })
+            },
+        )
+        .await?;
+    Ok(Json(uploaded))
+}
+
 /// Publishes a release: its manifest is checked (every problem is reported with file,
 /// line and field) and signed into the image repository, either with the targets
 /// metadata the release managers signed offline or with this control plane's release key.
@@ -262,15 +305,23 @@ pub async fn publish_release(
                 .map_err(|e| {
                     ApiError::bad_request(format!("targets: not TUF targets metadata: {e}"))
                 })?;
-            releases::publish(&cp, &body.file, &body.manifest, signed, &caller.actor.name)
-                .await
-                .map_err(|e| match e {
-                    releases::PublishError::Manifest(m) => ApiError::bad_request(m.to_string()),
-                    releases::PublishError::Tuf(crate::tuf::TufError::Rejected(m)) => {
-                        ApiError::new(StatusCode::CONFLICT, m)
-                    }
-                    other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-                })
+            releases::publish(
+                &cp,
+                &body.file,
+                &body.manifest,
+                signed,
+                body.archive.as_ref(),
+                &caller.actor.name,
+            )
+            .await
+            .map_err(|e| match e {
+                releases::PublishError::Manifest(m) => ApiError::bad_request(m.to_string()),
+                releases::PublishError::Archive(m) => ApiError::bad_request(m),
+                releases::PublishError::Tuf(crate::tuf::TufError::Rejected(m)) => {
+                    ApiError::new(StatusCode::CONFLICT, m)
+                }
+                other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+            })
         })
         .await?;
     Ok(Json(record))

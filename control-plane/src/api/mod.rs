@@ -44,6 +44,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             "/v1/releases",
             get(handlers::list_releases).post(handlers::publish_release),
         )
+        .route("/v1/archives", post(handlers::upload_archive))
         .route("/v1/repository/image/targets", get(handlers::signing_base))
         .route("/v1/sites/{name}/assign", post(handlers::assign))
         .route("/v1/sites/{name}/desired", get(handlers::get_desired))
@@ -85,6 +86,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::backup,
         handlers::list_releases,
         handlers::publish_release,
+        handlers::upload_archive,
         handlers::signing_base,
         handlers::assign,
         handlers::get_desired,
@@ -111,6 +113,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::DesiredRelease,
         crate::model::TrustReport,
         crate::views::ReleasePublish,
+        crate::views::ArchiveUploaded,
         crate::views::SigningBase,
         crate::views::Assign,
         crate::views::KeysView,
@@ -159,6 +162,7 @@ mod tests {
             "/v1/audit",
             "/v1/backup",
             "/v1/releases",
+            "/v1/archives",
             "/v1/repository/image/targets",
             "/v1/sites/{name}/assign",
             "/v1/sites/{name}/desired",

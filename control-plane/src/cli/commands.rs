@@ -201,6 +201,7 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
                 or_dash(s.agent_version.as_ref()),
                 or_dash(s.last_seen.as_ref()),
                 or_dash(s.remote_address.as_ref()),
+                service_summary(s),
                 labels,
             ]
         })
@@ -208,10 +209,47 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
     print(
         out,
         &sites,
-        &["NAME", "STATUS", "AGENT", "LAST SEEN", "ADDRESS", "LABELS"],
+        &[
+            "NAME",
+            "STATUS",
+            "AGENT",
+            "LAST SEEN",
+            "ADDRESS",
+            "SERVICES",
+            "LABELS",
+        ],
         rows,
     );
     Ok(())
+}
+
+/// The name a value serializes to (`rolled-back`, `healthy`).
+fn json_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `3 (1 failing)`: how many services a site runs, and how many are not as desired.
+fn service_summary(site: &SiteView) -> String {
+    use continuum_shared::protocol::{HealthState, ServicePhase};
+    let total = site.services.len();
+    let failing = site
+        .services
+        .values()
+        .filter(|s| {
+            matches!(
+                s.phase,
+                ServicePhase::RolledBack | ServicePhase::Failed | ServicePhase::Refused
+            ) || s.health == HealthState::Unhealthy
+        })
+        .count();
+    match (total, failing) {
+        (0, _) => "-".into(),
+        (n, 0) => n.to_string(),
+        (n, f) => format!("{n} ({f} failing)"),
+    }
 }
 
 fn show_site(out: Output, site: &SiteView) {
@@ -243,6 +281,38 @@ fn show_site(out: Output, site: &SiteView) {
         rows.push(vec![format!("label {k}"), v.to_string()]);
     }
     print!("{}", table(&["FIELD", "VALUE"], &rows));
+    if site.services.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = site
+        .services
+        .values()
+        .map(|s| {
+            vec![
+                s.service.clone(),
+                or_dash(s.desired.as_ref()),
+                or_dash(s.running.as_ref()),
+                json_name(&s.phase),
+                json_name(&s.health),
+                s.restarts.to_string(),
+                s.failure
+                    .as_ref()
+                    .or(s.last_error.as_ref())
+                    .map(|t| t.lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        table(
+            &[
+                "SERVICE", "DESIRED", "RUNNING", "PHASE", "HEALTH", "RESTARTS", "PROBLEM"
+            ],
+            &rows
+        )
+    );
 }
 
 async fn create_token(

@@ -168,6 +168,10 @@ pub enum ReleaseCommand {
         /// Release key (PEM) to sign with here, for control planes that keep no release key.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// An image archive (`docker save IMAGE > app.tar`) to ship with the release, for
+        /// sites that reach no registry; `container.image` names the tag it holds.
+        #[arg(long, value_name = "TAR")]
+        image_archive: Option<PathBuf>,
     },
 }
 

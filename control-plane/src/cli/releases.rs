@@ -4,7 +4,7 @@ use std::num::NonZeroU64;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use continuum_shared::manifest::{self, ImageSource};
+use continuum_shared::manifest::{self, ImageArchive, ImageSource};
 use tough::TargetName;
 use tough::schema::{Root, Signed, Targets};
 
@@ -12,15 +12,18 @@ use super::output::print;
 use super::{Output, ReleaseCommand};
 use crate::client::ApiClient;
 use crate::model::{DesiredRecord, ReleaseRecord};
-use crate::tuf::image::target_for;
 use crate::tuf::keys::SigningKey;
 use crate::tuf::{Lifetimes, expires_in, next, sign};
-use crate::views::{Assign, ReleasePublish, SigningBase};
+use crate::views::{ArchiveUploaded, Assign, ReleasePublish, SigningBase};
 
 /// Runs `continuum release …`.
 pub async fn run(api: &ApiClient, out: Output, command: ReleaseCommand) -> anyhow::Result<()> {
     match command {
-        ReleaseCommand::Publish { file, key } => publish(api, out, &file, key.as_deref()).await,
+        ReleaseCommand::Publish {
+            file,
+            key,
+            image_archive,
+        } => publish(api, out, &file, key.as_deref(), image_archive.as_deref()).await,
     }
 }
 
@@ -29,30 +32,51 @@ async fn publish(
     out: Output,
     file: &Path,
     key: Option<&Path>,
+    image_archive: Option<&Path>,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let shown = file.display().to_string();
+    let source = if image_archive.is_some() {
+        ImageSource::Archive
+    } else {
+        ImageSource::Registry
+    };
     // Every problem is reported here, before anything is signed or sent.
-    let release = manifest::parse(&shown, &text, ImageSource::Registry)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let release = manifest::parse(&shown, &text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (uploaded, archive) = match image_archive {
+        Some(path) => {
+            let (uploaded, archive) = upload_archive(api, &release, path).await?;
+            (Some(uploaded), Some(archive))
+        }
+        None => (None, None),
+    };
     let targets = match key {
-        Some(key) => Some(sign_offline(api, &release, &text, key).await?),
+        Some(key) => Some(sign_offline(api, &release, &text, archive.as_ref(), key).await?),
         None => None,
     };
     let request = ReleasePublish {
         file: shown,
         manifest: text,
         targets,
+        archive: uploaded,
     };
     let record: ReleaseRecord = api.post("/v1/releases", &request).await?;
     match out {
         Output::Json => print(out, &record, &[], vec![]),
         Output::Table => println!(
-            "published {} {} (manifest sha256 {}, signed by the {} release key)",
+            "published {} {} (manifest sha256 {}{}, signed by the {} release key)",
             record.service,
             record.version,
             record.sha256,
+            record
+                .archive
+                .as_ref()
+                .map(|a| format!(
+                    ", image {} shipped as a {}-byte archive",
+                    a.image_id, a.length
+                ))
+                .unwrap_or_default(),
             if record.signed_by == "offline" {
                 "offline"
             } else {
@@ -63,12 +87,53 @@ async fn publish(
     Ok(())
 }
 
+/// Checks an image archive here, uploads it, and checks the control plane read the same
+/// image from it.
+async fn upload_archive(
+    api: &ApiClient,
+    release: &manifest::Release,
+    path: &Path,
+) -> anyhow::Result<(ArchiveUploaded, ImageArchive)> {
+    let image =
+        crate::archives::inspect(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if !crate::archives::names(&image, &release.container.image) {
+        bail!(
+            "{}: container.image is {:?}, but the archive holds {:?}; tag the image with the name the manifest uses before saving it",
+            path.display(),
+            release.container.image,
+            image.repo_tags
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = continuum_shared::tls::hex(&continuum_shared::tls::sha256(&bytes));
+    let length = bytes.len() as u64;
+    let uploaded: ArchiveUploaded = api
+        .post_bytes("/v1/archives", "application/x-tar", bytes)
+        .await?;
+    if uploaded.sha256 != sha256 || uploaded.image_id != image.image_id {
+        bail!(
+            "the control plane stored the archive as {} holding {}, not {sha256} holding {}: the upload was altered",
+            uploaded.sha256,
+            uploaded.image_id,
+            image.image_id
+        );
+    }
+    let archive = ImageArchive {
+        target: manifest::archive_target_name(&release.service, &release.version),
+        sha256,
+        length,
+        image_id: image.image_id,
+    };
+    Ok((uploaded, archive))
+}
+
 /// Builds the next image targets metadata with the release added and signs it with the
 /// release key here, so the key never leaves the release manager's machine.
 async fn sign_offline(
     api: &ApiClient,
     release: &manifest::Release,
     text: &str,
+    archive: Option<&ImageArchive>,
     key: &Path,
 ) -> anyhow::Result<serde_json::Value> {
     let key = SigningKey::load(key)?;
@@ -89,15 +154,15 @@ async fn sign_offline(
             "this key is not a release key of the image repository (its root names other targets keys)"
         );
     }
-    let name = manifest::target_name(&release.service, &release.version);
     let mut targets = current.signed.clone();
     targets.version = next(targets.version);
     targets.expires = expires_in(Lifetimes::default().targets);
-    let entry = target_for(text.as_bytes(), crate::releases::custom(release));
-    targets.targets.insert(
-        TargetName::new(name).map_err(|e| anyhow::anyhow!("{e}"))?,
-        entry,
-    );
+    for (name, entry) in crate::releases::entries(release, text.as_bytes(), archive)? {
+        targets.targets.insert(
+            TargetName::new(name).map_err(|e| anyhow::anyhow!("{e}"))?,
+            entry,
+        );
+    }
     let _: NonZeroU64 = targets.version;
     let signed = sign(targets, &root.signed, &[&key]).await?;
     Ok(serde_json::to_value(signed.signed())?)

@@ -112,7 +112,25 @@ impl ApiClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        decode(&self.request(Method::POST, path, Some(body)).await?)
+        decode(
+            &self
+                .request(Method::POST, path, Some(("application/json", body)))
+                .await?,
+        )
+    }
+
+    /// POST raw bytes of `content_type`, read a JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        decode(
+            &self
+                .request(Method::POST, path, Some((content_type, body)))
+                .await?,
+        )
     }
 
     /// GET raw bytes.
@@ -124,7 +142,7 @@ impl ApiClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Vec<u8>, ClientError> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
             .await
@@ -144,7 +162,7 @@ impl ApiClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Vec<u8>, ClientError> {
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -174,11 +192,15 @@ impl ApiClient {
                 hyper::header::USER_AGENT,
                 concat!("continuum-cli/", env!("CARGO_PKG_VERSION")),
             );
-        if body.is_some() {
-            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
+        let body = match body {
+            Some((content_type, body)) => {
+                request = request.header(hyper::header::CONTENT_TYPE, content_type);
+                body
+            }
+            None => Vec::new(),
+        };
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Config(e.to_string()))?;
         let response = sender
             .send_request(request)

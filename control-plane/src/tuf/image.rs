@@ -125,6 +125,19 @@ pub fn target_for(bytes: &[u8], custom: HashMap<String, Value>) -> Target {
     }
 }
 
+/// A target entry for content known by its SHA-256 and length (a stored upload).
+pub fn target_for_hash(sha256: [u8; 32], length: u64, custom: HashMap<String, Value>) -> Target {
+    Target {
+        length,
+        hashes: Hashes {
+            sha256: Decoded::<Hex>::from(sha256.to_vec()),
+            _extra: HashMap::new(),
+        },
+        custom,
+        _extra: HashMap::new(),
+    }
+}
+
 fn target_name(name: &str) -> Result<TargetName, TufError> {
     TargetName::new(name).map_err(|e| TufError::Rejected(format!("target name {name:?}: {e}")))
 }
@@ -213,6 +226,11 @@ impl ImageRepo {
         (ok && path.is_file()).then_some(path)
     }
 
+    /// Adds `bytes` to the content store (by their hash).
+    pub fn store_content(&self, bytes: &[u8]) -> Result<(), TufError> {
+        self.store_blob(bytes)
+    }
+
     fn store_blob(&self, bytes: &[u8]) -> Result<(), TufError> {
         continuum_shared::files::create_private_dir(&self.blobs)
             .map_err(|e| TufError::Io(e.to_string()))?;
@@ -268,23 +286,64 @@ impl ImageRepo {
         custom: HashMap<String, Value>,
         signed_targets: Option<Signed<Targets>>,
     ) -> Result<Target, TufError> {
+        self.store_blob(bytes)?;
+        let entry = target_for(bytes, custom);
+        let mut published = self
+            .publish_entries(vec![(name.to_owned(), entry)], signed_targets)
+            .await?;
+        published
+            .pop()
+            .ok_or_else(|| TufError::Io("nothing was published".into()))
+    }
+
+    /// Publishes several targets in one targets version; their content must already be
+    /// in the content store. Returns the entries as published (an entry published
+    /// before with the same content stays as it was).
+    pub async fn publish_entries(
+        &self,
+        entries: Vec<(String, Target)>,
+        signed_targets: Option<Signed<Targets>>,
+    ) -> Result<Vec<Target>, TufError> {
         let _writer = self.writer.lock().await;
         let (root, _) = self.root()?;
         let current = self.targets()?;
-        let tname = target_name(name)?;
-        let entry = target_for(bytes, custom);
-        if let Some(existing) = current.signed.targets.get(&tname) {
-            if existing.hashes.sha256 == entry.hashes.sha256 && existing.length == entry.length {
-                return Ok(existing.clone());
+        let mut fresh = Vec::new();
+        let mut published = Vec::new();
+        for (name, entry) in entries {
+            let tname = target_name(&name)?;
+            if self
+                .blob(&continuum_shared::tls::hex(&entry.hashes.sha256))
+                .is_none()
+            {
+                return Err(TufError::Rejected(format!(
+                    "the content of {name} has not been uploaded"
+                )));
             }
-            return Err(TufError::Rejected(format!(
-                "{name} is already published with other content; publish a new version instead"
-            )));
+            match current.signed.targets.get(&tname) {
+                Some(existing)
+                    if existing.hashes.sha256 == entry.hashes.sha256
+                        && existing.length == entry.length =>
+                {
+                    published.push(existing.clone());
+                }
+                Some(_) => {
+                    return Err(TufError::Rejected(format!(
+                        "{name} is already published with other content; publish a new version instead"
+                    )));
+                }
+                None => {
+                    published.push(entry.clone());
+                    fresh.push((tname, entry));
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(published);
         }
         let version = next(current.signed.version);
         let targets_bytes = match signed_targets {
             Some(signed) => {
-                self.check_offline_targets(&root.signed, &signed, version, &tname, &entry)?;
+                self.check_offline_targets(&root.signed, &signed, version, &fresh)?;
                 to_bytes(&signed)?
             }
             None => {
@@ -296,14 +355,13 @@ impl ImageRepo {
                 let mut targets = current.signed.clone();
                 targets.version = version;
                 targets.expires = expires_in(self.lifetimes.targets);
-                targets.targets.insert(tname, entry.clone());
+                targets.targets.extend(fresh);
                 sign(targets, &root.signed, &[&release])
                     .await?
                     .buffer()
                     .clone()
             }
         };
-        self.store_blob(bytes)?;
         let online = SigningKey::load(&self.keys.online)?;
         commit_targets(
             &self.meta,
@@ -314,7 +372,22 @@ impl ImageRepo {
             &self.lifetimes,
         )
         .await?;
-        Ok(entry)
+        Ok(published)
+    }
+
+    /// Where uploads are staged before they join the content store.
+    pub fn staging_dir(&self) -> Result<PathBuf, TufError> {
+        let dir = self.blobs.join("staging");
+        continuum_shared::files::create_private_dir(&dir)
+            .map_err(|e| TufError::Io(e.to_string()))?;
+        Ok(dir)
+    }
+
+    /// Moves a fully written, hashed upload into the content store.
+    pub fn adopt_blob(&self, staged: &Path, sha256_hex: &str) -> Result<PathBuf, TufError> {
+        let path = self.blobs.join(sha256_hex);
+        std::fs::rename(staged, &path).map_err(|e| TufError::Io(e.to_string()))?;
+        Ok(path)
     }
 
     fn check_offline_targets(
@@ -322,8 +395,7 @@ impl ImageRepo {
         root: &Root,
         signed: &Signed<Targets>,
         version: NonZeroU64,
-        name: &TargetName,
-        entry: &Target,
+        fresh: &[(TargetName, Target)],
     ) -> Result<(), TufError> {
         root.verify_role(signed)
             .map_err(|e| TufError::Rejected(format!("the targets metadata is not signed by the release key(s) this repository's root names: {e}")))?;
@@ -338,19 +410,21 @@ impl ImageRepo {
                 "the targets metadata is already expired".into(),
             ));
         }
-        match signed.signed.targets.get(name) {
-            Some(t) if t.length == entry.length && t.hashes.sha256 == entry.hashes.sha256 => {}
-            _ => {
-                return Err(TufError::Rejected(format!(
-                    "the signed targets do not list {name:?} with the uploaded content's length and hash"
-                )));
+        for (name, entry) in fresh {
+            match signed.signed.targets.get(name) {
+                Some(t) if t.length == entry.length && t.hashes.sha256 == entry.hashes.sha256 => {}
+                _ => {
+                    return Err(TufError::Rejected(format!(
+                        "the signed targets do not list {:?} with the uploaded content's length and hash",
+                        name.raw()
+                    )));
+                }
             }
         }
         for (other, target) in &signed.signed.targets {
-            if other != name
-                && self
-                    .blob(&continuum_shared::tls::hex(&target.hashes.sha256))
-                    .is_none()
+            if self
+                .blob(&continuum_shared::tls::hex(&target.hashes.sha256))
+                .is_none()
             {
                 return Err(TufError::Rejected(format!(
                     "the signed targets list {:?}, whose content this control plane does not hold",

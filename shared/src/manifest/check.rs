@@ -289,16 +289,13 @@ fn check_health(c: &mut Checker, raw: Option<raw::Health>) -> Health {
     let mut checks = Vec::new();
     if let Some(url) = &raw.http {
         let u = url.get_ref();
-        if (u.starts_with("http://") || u.starts_with("https://"))
-            && u.len() > 8
-            && !u.contains(char::is_whitespace)
-        {
+        if u.starts_with("http://") && u.len() > 8 && !u.contains(char::is_whitespace) {
             checks.push(HealthCheck::Http(u.clone()));
         } else {
             c.at(
                 url,
                 "health.http",
-                format!("{u:?} is not an http:// or https:// URL"),
+                format!("{u:?} is not an http:// URL (the agent probes plain HTTP; use tcp for TLS services)"),
             );
         }
     }
@@ -391,7 +388,12 @@ fn check_health(c: &mut Checker, raw: Option<raw::Health>) -> Health {
     }
 }
 
-fn check_update(c: &mut Checker, raw: Option<raw::Update>, health: &Health) -> Update {
+fn check_update(
+    c: &mut Checker,
+    raw: Option<raw::Update>,
+    health: &Health,
+    container: &Container,
+) -> Update {
     let raw = raw.unwrap_or(raw::Update {
         strategy: None,
         healthy_within: None,
@@ -408,6 +410,16 @@ fn check_update(c: &mut Checker, raw: Option<raw::Update>, health: &Health) -> U
             Strategy::StopFirst
         }
     };
+    if strategy == Strategy::StartFirst
+        && !container.ports.is_empty()
+        && let Some(s) = &raw.strategy
+    {
+        c.at(
+            s,
+            "update.strategy",
+            "start-first runs the old and the new container side by side, so they cannot both publish the same host ports: use stop-first, or publish no ports and probe http://container:PORT/",
+        );
+    }
     let healthy_within = c.duration(
         raw.healthy_within.as_ref(),
         "update.healthy_within",
@@ -484,7 +496,7 @@ pub fn release(
     }
     let container = check_container(&mut c, raw.container, source);
     let health = check_health(&mut c, raw.health);
-    let update = check_update(&mut c, raw.update, &health);
+    let update = check_update(&mut c, raw.update, &health, &container);
     let placement = check_placement(&mut c, raw.placement);
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| p.line);

@@ -251,6 +251,51 @@ pub fn parse(file: &str, text: &str, source: ImageSource) -> Result<Release, Man
     check::release(text, raw, source).map_err(fail)
 }
 
+/// An image archive shipped with a release. The release's signed image-repository entry
+/// records it (custom field `archive`), so a site checks the archive's bytes and the
+/// image it loads against what the release managers signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageArchive {
+    /// Its image-repository target name.
+    pub target: String,
+    /// SHA-256 of the archive, lower-case hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub length: u64,
+    /// The id of the image it holds (`sha256:<hex>`).
+    pub image_id: String,
+}
+
+impl ImageArchive {
+    /// Checks the fields' shapes, for records read from the network.
+    pub fn check(&self, service: &str, version: &str) -> Result<(), String> {
+        let hex64 =
+            |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if self.target != archive_target_name(service, version) {
+            return Err(format!(
+                "the image archive is named {:?}, not {:?}",
+                self.target,
+                archive_target_name(service, version)
+            ));
+        }
+        if !hex64(&self.sha256) {
+            return Err("the image archive's sha256 is not 64 lower-case hex digits".into());
+        }
+        match self.image_id.strip_prefix("sha256:") {
+            Some(id) if hex64(id) => Ok(()),
+            _ => Err(format!(
+                "{:?} is not an image id (sha256:<64 hex>)",
+                self.image_id
+            )),
+        }
+    }
+}
+
+/// The image-repository target name of a release's image archive.
+pub fn archive_target_name(service: &str, version: &str) -> String {
+    format!("images/{service}/{version}.tar")
+}
+
 /// The image-repository target name of a release's manifest.
 pub fn target_name(service: &str, version: &str) -> String {
     format!("releases/{service}/{version}.toml")

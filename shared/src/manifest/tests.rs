@@ -26,7 +26,7 @@ start_period = "30s"
 healthy_after = 3
 
 [update]
-strategy = "start-first"
+strategy = "stop-first"
 healthy_within = "2m"
 
 [placement]
@@ -57,7 +57,7 @@ fn the_design_example_parses() {
         HealthCheck::Http("http://127.0.0.1:1094/healthz".into())
     );
     assert_eq!(release.health.healthy_after, 3);
-    assert_eq!(release.update.strategy, Strategy::StartFirst);
+    assert_eq!(release.update.strategy, Strategy::StopFirst);
     assert_eq!(release.placement.rollout, "default");
     assert_eq!(
         target_name(&release.service, &release.version),
@@ -122,7 +122,7 @@ fn every_problem_is_reported_at_once_in_line_order() {
         .replace("name = \"xcache\"", "name = \"XCache!\"")
         .replace("\"1094:1094/tcp\"", "\"99999:1/tcp\"")
         .replace("memory = \"4GiB\"", "memory = \"lots\"")
-        .replace("strategy = \"start-first\"", "strategy = \"yolo\"");
+        .replace("strategy = \"stop-first\"", "strategy = \"yolo\"");
     let p = problems(&text);
     let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
@@ -182,4 +182,29 @@ proptest::proptest! {
             let _ = parse("fuzz.toml", &text, ImageSource::Registry);
         }
     }
+}
+
+#[test]
+fn start_first_with_host_ports_is_refused_at_the_strategy() {
+    let text = good().replace("stop-first", "start-first");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "update.strategy");
+    assert!(
+        found[0].message.contains("side by side"),
+        "{}",
+        found[0].message
+    );
+    assert_eq!(found[0].line, 23);
+}
+
+#[test]
+fn https_health_checks_are_refused_with_a_way_out() {
+    let text = good().replace(
+        "http://127.0.0.1:1094/healthz",
+        "https://127.0.0.1:1094/healthz",
+    );
+    let found = problems(&text);
+    assert_eq!(found[0].field, "health.http");
+    assert!(found[0].message.contains("use tcp"), "{}", found[0].message);
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use continuum_shared::manifest::Release;
+use continuum_shared::manifest::{ImageArchive, Release};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
@@ -19,6 +19,9 @@ pub struct VerifiedRelease {
     pub sha256: String,
     /// The manifest.
     pub release: Release,
+    /// The image archive shipped with it, when it is not pulled from a registry.
+    #[serde(default)]
+    pub archive: Option<ImageArchive>,
 }
 
 /// A verified desired state.

@@ -16,7 +16,7 @@ pub mod transport;
 
 use std::path::{Path, PathBuf};
 
-use continuum_shared::manifest::{self, ImageSource};
+use continuum_shared::manifest::{self, ImageArchive, ImageSource};
 use tough::schema::{Signed, Targets};
 use tough::{ExpirationEnforcement, Limits, Repository, RepositoryLoader};
 use url::Url;
@@ -165,6 +165,39 @@ fn bound_site(targets: &Signed<Targets>) -> Option<&str> {
         .as_str()
 }
 
+/// The image archive a release's signed entry names: well formed, and listed in the
+/// image repository with the same length and hash.
+fn signed_archive(
+    image: &Repository,
+    value: &serde_json::Value,
+    release: &manifest::Release,
+) -> Result<ImageArchive, TrustError> {
+    let archive: ImageArchive = serde_json::from_value(value.clone()).map_err(|e| {
+        TrustError::Refused(format!(
+            "{} {}: the signed archive record is unreadable: {e}",
+            release.service, release.version
+        ))
+    })?;
+    archive
+        .check(&release.service, &release.version)
+        .map_err(TrustError::Refused)?;
+    let listed = tough::TargetName::new(&archive.target)
+        .ok()
+        .and_then(|name| image.targets().signed.targets.get(&name).cloned());
+    match listed {
+        Some(t)
+            if t.length == archive.length
+                && continuum_shared::tls::hex(&t.hashes.sha256) == archive.sha256 =>
+        {
+            Ok(archive)
+        }
+        _ => Err(TrustError::Refused(format!(
+            "{} {}: the image archive {} is not in the image repository with the length and hash the release records",
+            release.service, release.version, archive.target
+        ))),
+    }
+}
+
 /// Verifies the newest desired state for `site`: both repositories, Uptane's agreement
 /// rule, and each release manifest's bytes. Nothing is stored here.
 pub async fn verify<T: tough::Transport + Clone + 'static>(
@@ -222,10 +255,15 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
                 release.version
             )));
         }
+        let archive = match vouched.and_then(|t| t.custom.get("archive")) {
+            None => None,
+            Some(value) => Some(signed_archive(&image, value, &release)?),
+        };
         releases.push(VerifiedRelease {
             target: name.raw().to_owned(),
             sha256: continuum_shared::tls::hex(&entry.hashes.sha256),
             release,
+            archive,
         });
     }
     Ok(DesiredState {

@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             state_dir: root.join(format!("a{i:05}")),
             reconnect_base: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            deploy: None,
         };
         let mut stopped = stopped.clone();
         runs.push(runtime.spawn(async move {

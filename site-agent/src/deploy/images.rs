@@ -1,0 +1,133 @@
+//! Getting a release's image onto the engine: loaded from the signed image archive
+//! (fetched over the control-plane link, checked against the SHA-256 and image id the
+//! release managers signed) or pulled from a registry by its pinned digest.
+
+use std::path::{Path, PathBuf};
+
+use continuum_shared::manifest::ImageArchive;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tough::Transport;
+
+use crate::engine::{Engine, EngineError};
+use crate::trust::{FetchLimits, LinkSlot, LinkTransport, VerifiedRelease};
+
+/// Why an image is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The engine failed or is unreachable.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The archive could not be fetched now (link down, disk): try again later.
+    #[error("fetching the image archive: {0}")]
+    Fetch(String),
+    /// What arrived is not what was signed: refused.
+    #[error("{0}")]
+    Tampered(String),
+}
+
+/// Makes sure the engine holds the image `verified` runs; returns its id.
+pub async fn ensure(
+    engine: &Engine,
+    state_dir: &Path,
+    link: &LinkSlot,
+    verified: &VerifiedRelease,
+) -> Result<String, ImageError> {
+    match &verified.archive {
+        Some(archive) => {
+            if engine.image_id(&archive.image_id).await?.is_some() {
+                return Ok(archive.image_id.clone());
+            }
+            let file = fetch_archive(state_dir, link, archive).await?;
+            super::crash_point("after-fetch");
+            let loaded = engine.load(&file).await;
+            let _ = std::fs::remove_file(&file);
+            loaded?;
+            super::crash_point("after-load");
+            match engine.image_id(&archive.image_id).await? {
+                Some(id) => Ok(id),
+                None => Err(ImageError::Tampered(format!(
+                    "the archive {} loaded, but it does not hold the signed image {}",
+                    archive.target, archive.image_id
+                ))),
+            }
+        }
+        None => {
+            let reference = &verified.release.container.image;
+            if let Some(id) = engine.image_id(reference).await? {
+                return Ok(id);
+            }
+            engine.pull(reference, None).await?;
+            engine.image_id(reference).await?.ok_or_else(|| {
+                ImageError::Engine(EngineError::Refused(format!(
+                    "{reference} was pulled but the engine does not show it"
+                )))
+            })
+        }
+    }
+}
+
+/// Where archives are staged while they download.
+fn staging(state_dir: &Path) -> PathBuf {
+    state_dir.join("images")
+}
+
+/// Downloads an archive through the control-plane link into the staging directory,
+/// checking its length and SHA-256 as the bytes arrive. The transport resumes a broken
+/// transfer from where it stopped.
+async fn fetch_archive(
+    state_dir: &Path,
+    link: &LinkSlot,
+    archive: &ImageArchive,
+) -> Result<PathBuf, ImageError> {
+    let dir = staging(state_dir);
+    continuum_shared::files::create_private_dir(&dir)
+        .map_err(|e| ImageError::Fetch(e.to_string()))?;
+    let path = dir.join(format!("{}.tar", archive.sha256));
+    let url = url::Url::parse(&format!(
+        "continuum://image/targets/{}.{}",
+        archive.sha256, archive.target
+    ))
+    .map_err(|e| ImageError::Fetch(e.to_string()))?;
+    let limits = FetchLimits {
+        max_target: archive.length,
+        ..FetchLimits::default()
+    };
+    let transport = LinkTransport::new(link.clone(), limits);
+    let mut stream = transport
+        .fetch(url)
+        .await
+        .map_err(|e| ImageError::Fetch(e.to_string()))?;
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| ImageError::Fetch(format!("{}: {e}", path.display())))?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut length = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ImageError::Fetch(e.to_string()))?;
+        length += chunk.len() as u64;
+        if length > archive.length {
+            let _ = std::fs::remove_file(&path);
+            return Err(ImageError::Tampered(format!(
+                "the archive {} is longer than the {} bytes signed",
+                archive.target, archive.length
+            )));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ImageError::Fetch(format!("{}: {e}", path.display())))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ImageError::Fetch(e.to_string()))?;
+    let sha256 = continuum_shared::tls::hex(hasher.finish().as_ref());
+    if length != archive.length || sha256 != archive.sha256 {
+        let _ = std::fs::remove_file(&path);
+        return Err(ImageError::Tampered(format!(
+            "the archive {} arrived as {length} bytes with SHA-256 {sha256}; the release signed {} bytes with {}: refused",
+            archive.target, archive.length, archive.sha256
+        )));
+    }
+    Ok(path)
+}

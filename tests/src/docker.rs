@@ -1,0 +1,192 @@
+//! The real Docker engine for end-to-end tests. No registry is reachable, so tests make
+//! their own image: busybox (Debian's static build) imported as a one-file root
+//! filesystem, saved as an image archive, then removed from the engine so that the
+//! agent has to load it from the archive the release ships.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// The engine socket the tests use.
+pub const ENGINE: &str = "unix:///var/run/docker.sock";
+
+/// busybox applets linked into the test image.
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "echo", "mkdir", "cat", "sleep", "ls", "true", "false", "wget",
+];
+
+/// Runs `docker ARGS`, failing the test with its output when it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("docker is needed for this test (tests/run installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A name unique to this test process and call, usable as a site or image name.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A test image saved as an archive and no longer on the engine.
+pub struct TestImage {
+    /// `name:tag`, as a manifest's `container.image` names it.
+    pub tag: String,
+    /// The image id.
+    pub id: String,
+    /// The `docker save` archive.
+    pub archive: PathBuf,
+}
+
+impl TestImage {
+    /// Builds an image tagged `name:1` with busybox and a marker file holding `marker`
+    /// (so different markers make different images), saves it into `dir`, and removes
+    /// it from the engine.
+    pub fn build(dir: &Path, name: &str, marker: &str) -> TestImage {
+        let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox is needed (tests/run installs busybox-static)");
+        let rootfs = dir.join(format!("{name}-rootfs.tar"));
+        let mut builder = tar::Builder::new(std::fs::File::create(&rootfs).unwrap());
+        let bytes = std::fs::read(busybox).unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "bin/busybox", bytes.as_slice())
+            .unwrap();
+        for applet in APPLETS {
+            let mut link = tar::Header::new_gnu();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            link.set_mode(0o777);
+            builder
+                .append_link(&mut link, format!("bin/{applet}"), "busybox")
+                .unwrap();
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(marker.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "marker", marker.as_bytes())
+            .unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let tag = format!("continuum-test/{name}:1");
+        let id = docker(&["import", rootfs.to_str().unwrap(), &tag]);
+        let archive = dir.join(format!("{name}.tar"));
+        docker(&["save", "-o", archive.to_str().unwrap(), &tag]);
+        docker(&["image", "rm", "-f", &tag]);
+        TestImage { tag, id, archive }
+    }
+}
+
+/// The containers carrying `site`'s label, as `docker inspect` shows them.
+pub fn containers_of(site: &str) -> Vec<Value> {
+    let ids = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.continuum.site={site}"),
+    ]);
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["inspect"];
+    args.extend(ids.lines());
+    serde_json::from_str(&docker(&args)).unwrap()
+}
+
+/// Removes every container of `site` and the given images, when a test ends.
+pub struct Cleanup {
+    /// Sites whose containers go.
+    pub sites: Vec<String>,
+    /// Images (ids or tags) that go.
+    pub images: Vec<String>,
+    /// Containers (names) that go.
+    pub containers: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("docker")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        for site in &self.sites {
+            for c in containers_of_quiet(site) {
+                quiet(&["rm", "-f", &c]);
+            }
+        }
+        for c in &self.containers {
+            quiet(&["rm", "-f", c]);
+        }
+        for image in &self.images {
+            quiet(&["image", "rm", "-f", image]);
+        }
+    }
+}
+
+fn containers_of_quiet(site: &str) -> Vec<String> {
+    Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.continuum.site={site}"),
+        ])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// GETs `http://127.0.0.1:PORT/` with a short timeout; the body, if it answered 200.
+pub fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.lines()
+        .next()?
+        .contains(" 200")
+        .then(|| body.trim().to_owned())
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

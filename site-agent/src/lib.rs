@@ -17,10 +17,13 @@
 //! - [`trust`]: verifying desired state (TUF, as Uptane splits it).
 //! - [`engine`]: the container engine; [`deploy`]: the reconcile loop that brings the
 //!   site's containers to the verified desired state, health checks and rollback.
+//! - [`admission`]: the site's own policy file, which refuses releases the site does not
+//!   allow.
 //! - [`labels`]: facts detected about this host.
 //! - [`status`]: the status file the running agent keeps, and its display.
 //! - [`error`]: the agent's errors.
 
+pub mod admission;
 pub mod cli;
 pub mod connect;
 pub mod deploy;

@@ -48,6 +48,19 @@ pub async fn run(
     });
     let (desired, desired_rx) = tokio::sync::watch::channel(in_force);
     let (reports_tx, reports) = tokio::sync::watch::channel(crate::deploy::Reports::new());
+    let (policy_tx, policy) = tokio::sync::watch::channel(site_policy(&options.state_dir));
+    let (policy_errors, _) = tokio::sync::watch::channel(None);
+    let _policy_watcher = match crate::admission::watch(
+        options.state_dir.clone(),
+        policy_tx,
+        policy_errors,
+    ) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the site policy file; changes apply at the next start");
+            None
+        }
+    };
     let reconciler = match options.deploy.clone() {
         Some(settings) => {
             let reconciler = Reconciler::new(
@@ -57,6 +70,7 @@ pub async fn run(
                 links,
                 desired_rx,
                 reports_tx,
+                policy,
             )?;
             Some(tokio::spawn(reconciler.run()))
         }
@@ -86,6 +100,18 @@ pub async fn run(
         }
     });
     result
+}
+
+/// The site policy at start. One that does not parse admits nothing new until it is
+/// fixed (what runs keeps running).
+fn site_policy(state_dir: &std::path::Path) -> crate::admission::SitePolicy {
+    crate::admission::load(state_dir).unwrap_or_else(|e| {
+        warn!(error = %e, "the site policy is invalid; admitting no new release until it is fixed");
+        crate::admission::SitePolicy {
+            allowed_registries: Some(Vec::new()),
+            ..Default::default()
+        }
+    })
 }
 
 /// What the run loop shares with sessions and the reconciler.

@@ -159,6 +159,8 @@ pub struct StatusReport {
     pub desired_stale: bool,
     /// Each service: desired and running release, phase, health, last failure.
     pub services: crate::deploy::Reports,
+    /// The site policy file as it reads now, or why it does not.
+    pub site_policy: Result<crate::admission::SitePolicy, String>,
 }
 
 /// When the trusted director timestamp expires, if there is one.
@@ -191,6 +193,7 @@ pub fn report(state_dir: &Path, identity: Option<&Identity>) -> StatusReport {
         desired_fresh_until: expiry.map(|t| t.to_string()),
         desired_stale: expiry.is_some_and(|t| t < jiff::Timestamp::now()),
         services: crate::deploy::load_reports(state_dir),
+        site_policy: crate::admission::load(state_dir),
         site: identity.map(|i| i.site.clone()),
         state_dir: state_dir.display().to_string(),
         control_plane: identity.map(|i| i.addresses.clone()).unwrap_or_default(),
@@ -264,6 +267,16 @@ pub fn render(report: &StatusReport) -> String {
                 ));
             }
         }
+    }
+    match &report.site_policy {
+        Ok(policy) if *policy == crate::admission::SitePolicy::default() => {
+            lines.push(("site policy", "default (no site-policy.toml)".into()));
+        }
+        Ok(_) => lines.push(("site policy", crate::admission::FILE.into())),
+        Err(e) => lines.push((
+            "site policy",
+            format!("REJECTED, previous one in force: {e}"),
+        )),
     }
     for service in report.services.values() {
         let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());

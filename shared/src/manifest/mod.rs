@@ -39,6 +39,8 @@ mod check;
 mod raw;
 pub mod units;
 
+pub use check::pinned_by_digest;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;

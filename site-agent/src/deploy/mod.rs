@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::admission::{SitePolicy, Usage};
 use crate::engine::{Engine, EngineError, Ours};
 use crate::trust::{DesiredState, LinkSlot, VerifiedRelease};
 use images::ImageError;
@@ -86,6 +87,7 @@ pub struct Reconciler {
     reports: watch::Sender<Reports>,
     probes: HashMap<String, Probe>,
     errors: HashMap<String, String>,
+    policy: watch::Receiver<SitePolicy>,
 }
 
 /// What one service's step produced.
@@ -104,6 +106,7 @@ impl Reconciler {
         link: LinkSlot,
         desired: watch::Receiver<Option<DesiredState>>,
         reports: watch::Sender<Reports>,
+        policy: watch::Receiver<SitePolicy>,
     ) -> Result<Reconciler, crate::error::AgentError> {
         let ledger = Ledger::open(&state_dir)?;
         // A trial interrupted by an agent restart gets its full time again: the agent
@@ -128,6 +131,7 @@ impl Reconciler {
             reports,
             probes: HashMap::new(),
             errors: HashMap::new(),
+            policy,
         })
     }
 
@@ -138,6 +142,11 @@ impl Reconciler {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_pass) => {}
                 changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                changed = self.policy.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -290,6 +299,19 @@ impl Reconciler {
             && record.last_known_good.as_ref().map(|l| &l.sha256) != Some(&wanted.sha256);
         let spec = spec::build(&self.site, &target);
         let mine = theirs.iter().find(|c| c.spec == spec.hash).copied();
+        if on_trial
+            && mine.is_none()
+            && let Err(reason) = self.admit(&target)
+        {
+            // The site's own policy says no: what runs stays as it is.
+            warn!(service = %name, %reason, "release refused by the site policy");
+            self.errors.insert(name.clone(), reason);
+            let running = theirs.iter().find(|c| c.running).copied();
+            return Step {
+                report: self.report(&name, wanted, &record, running, ServicePhase::Refused),
+                busy: false,
+            };
+        }
         let phase_when_up = if rolled_back {
             ServicePhase::RolledBack
         } else if on_trial {
@@ -366,6 +388,23 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// Checks `release` against the site policy, next to what the other desired services
+    /// use.
+    fn admit(&self, release: &VerifiedRelease) -> Result<(), String> {
+        let others = self
+            .desired
+            .borrow()
+            .as_ref()
+            .map(|d| {
+                d.releases
+                    .iter()
+                    .filter(|r| r.release.service != release.release.service)
+                    .fold(Usage::default(), |sum, r| sum.plus(Usage::of(r)))
+            })
+            .unwrap_or_default();
+        self.policy.borrow().admit(release, others)
     }
 
     /// Gets the image, retires the old container as the strategy says, and creates and

@@ -439,3 +439,76 @@ fn an_agent_killed_at_any_step_of_a_deploy_converges_after_restart() {
         });
     }
 }
+
+#[test]
+fn the_site_policy_refuses_what_the_site_does_not_allow_and_reloads_by_itself() {
+    let server = Server::start();
+    let site = unique("dock");
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let _cleanup = Cleanup {
+        sites: vec![site.clone()],
+        images: vec![image.id.clone()],
+        containers: vec![],
+    };
+    let volume = server.root().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let port = free_port();
+    let token = server.token(&site, &[]);
+    let agent = Agent::new(server.root(), &site);
+    agent.join(&token, None).ok();
+    let policy = agent.state_dir.join("site-policy.toml");
+    std::fs::write(
+        &policy,
+        "[images]\nallowed_registries = [\"registry.example.org\"]\n",
+    )
+    .unwrap();
+    let mut agent = agent;
+    agent.start_with(&["--engine", ENGINE, "--reconcile-interval", "1s"]);
+    server.wait_online(&site);
+
+    // Archives are not among the allowed sources: refused, nothing runs.
+    publish(
+        &server,
+        "v1.toml",
+        &web("1", &image.tag, port, &volume, "/", "30s"),
+        &image.archive,
+    );
+    assign(&server, &site, "1");
+    let refused = service(&server, &site, "refused", |w| w["phase"] == "refused");
+    let why = refused["last_error"].as_str().unwrap();
+    assert!(why.contains("images from archive are not allowed"), "{why}");
+    assert!(web_containers(&site).is_empty());
+
+    // The site admin allows archives within a budget: picked up without a restart.
+    std::fs::write(
+        &policy,
+        "[images]\nallowed_registries = [\"archive\"]\n\n[budget]\ncpus = 1.0\nmemory = \"48MiB\"\n",
+    )
+    .unwrap();
+    answers(port, "hello from 1");
+    service(&server, &site, "running 1", |w| w["phase"] == "running");
+
+    // A bad edit is rejected with its line; the previous policy stays in force.
+    std::fs::write(&policy, "[budget]\nmemory = \"lots\"\n").unwrap();
+    let status = wait::until(LIMIT, "the rejected edit in the agent's status", || {
+        let status = agent.status();
+        status["site_policy"]["Err"].is_string().then_some(status)
+    });
+    let error = status["site_policy"]["Err"].as_str().unwrap();
+    assert!(
+        error.contains("site-policy.toml:2: budget.memory"),
+        "{error}"
+    );
+
+    // v2 needs more memory than the budget (of the policy still in force) allows.
+    let v2 = web("2", &image.tag, port, &volume, "/", "30s").replace("32MiB", "64MiB");
+    publish(&server, "v2.toml", &v2, &image.archive);
+    assign(&server, &site, "2");
+    let refused = service(&server, &site, "2 refused by the budget", |w| {
+        w["phase"] == "refused" && w["desired"] == "2"
+    });
+    let why = refused["last_error"].as_str().unwrap();
+    assert!(why.contains("bytes of memory"), "{why}");
+    assert_eq!(refused["running"], "1");
+    assert_eq!(http_get(port).as_deref(), Some("hello from 1"));
+}

@@ -1,0 +1,406 @@
+//! The site's own say over what runs here: `<state dir>/site-policy.toml`, written by
+//! the site admin (or the installer), never by the central team.
+//!
+//! ```toml
+//! [images]
+//! allowed_registries = ["registry.example.org", "archive"]  # "archive": shipped with releases
+//! require_digest = true          # registry images must be pinned by digest
+//!
+//! [containers]
+//! allow_privileged = false
+//! allow_host_network = false
+//!
+//! [budget]                       # what the central team's services may use here, together
+//! cpus = 4.0
+//! memory = "8GiB"
+//! disk = "50GiB"                 # counted from the image archives shipped with releases
+//! ```
+//!
+//! Without the file: any registry, digests required, no privileged containers, no host
+//! network, no budget. The agent reloads the file when it changes; an edit that does not
+//! parse or check is rejected with its line and reason, and the previous policy stays.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use continuum_shared::manifest::units::parse_size;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::trust::VerifiedRelease;
+
+/// The file's name in the state directory.
+pub const FILE: &str = "site-policy.toml";
+
+/// The pseudo-registry of images shipped as archives with their releases.
+pub const ARCHIVE: &str = "archive";
+
+/// The site's admission policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SitePolicy {
+    /// Registries images may come from (`archive` for shipped archives); `None`: any.
+    pub allowed_registries: Option<Vec<String>>,
+    /// Whether registry images must be pinned by digest.
+    pub require_digest: bool,
+    /// Whether privileged containers may run.
+    pub allow_privileged: bool,
+    /// Whether containers may use the host's network.
+    pub allow_host_network: bool,
+    /// CPUs all services together may use.
+    pub cpus: Option<f64>,
+    /// Memory all services together may use, in bytes.
+    pub memory: Option<u64>,
+    /// Disk all shipped image archives together may use, in bytes.
+    pub disk: Option<u64>,
+}
+
+impl Default for SitePolicy {
+    fn default() -> Self {
+        SitePolicy {
+            allowed_registries: None,
+            require_digest: true,
+            allow_privileged: false,
+            allow_host_network: false,
+            cpus: None,
+            memory: None,
+            disk: None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    images: RawImages,
+    #[serde(default)]
+    containers: RawContainers,
+    #[serde(default)]
+    budget: RawBudget,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    allowed_registries: Option<Vec<String>>,
+    require_digest: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    allow_privileged: Option<bool>,
+    allow_host_network: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    cpus: Option<toml::Spanned<f64>>,
+    memory: Option<toml::Spanned<String>>,
+    disk: Option<toml::Spanned<String>>,
+}
+
+/// Parses a policy file's text; errors name the file, line and reason.
+pub fn parse(file: &str, text: &str) -> Result<SitePolicy, String> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(s.start + 1));
+        format!("{file}:{line}: {}", e.message())
+    })?;
+    let size =
+        |value: &Option<toml::Spanned<String>>, field: &str| -> Result<Option<u64>, String> {
+            match value {
+                None => Ok(None),
+                Some(v) => parse_size(v.get_ref()).map(Some).map_err(|e| {
+                    format!(
+                        "{file}:{}: budget.{field}: {e}",
+                        line_of(v.span().start + 1)
+                    )
+                }),
+            }
+        };
+    let cpus = match &raw.budget.cpus {
+        Some(c) if !(c.get_ref().is_finite() && *c.get_ref() > 0.0) => {
+            return Err(format!(
+                "{file}:{}: budget.cpus: a positive number of CPUs",
+                line_of(c.span().start + 1)
+            ));
+        }
+        other => other.as_ref().map(|c| *c.get_ref()),
+    };
+    Ok(SitePolicy {
+        allowed_registries: raw.images.allowed_registries,
+        require_digest: raw.images.require_digest.unwrap_or(true),
+        allow_privileged: raw.containers.allow_privileged.unwrap_or(false),
+        allow_host_network: raw.containers.allow_host_network.unwrap_or(false),
+        cpus,
+        memory: size(&raw.budget.memory, "memory")?,
+        disk: size(&raw.budget.disk, "disk")?,
+    })
+}
+
+/// Loads the policy in `state_dir` (the default when there is no file).
+pub fn load(state_dir: &Path) -> Result<SitePolicy, String> {
+    let path = state_dir.join(FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&path.display().to_string(), &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SitePolicy::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The registry an image reference pulls from (Docker's rules: a first component with a
+/// dot or a port, or `localhost`, is a registry; otherwise Docker Hub).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// What the services already admitted use, to check a new one against the budget.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// CPUs.
+    pub cpus: f64,
+    /// Memory bytes.
+    pub memory: u64,
+    /// Archive bytes.
+    pub disk: u64,
+}
+
+impl Usage {
+    /// What `release` uses.
+    pub fn of(release: &VerifiedRelease) -> Usage {
+        let c = &release.release.container;
+        Usage {
+            cpus: c.cpus.unwrap_or(0.0),
+            memory: c.memory.unwrap_or(0),
+            disk: release.archive.as_ref().map_or(0, |a| a.length),
+        }
+    }
+
+    /// The sum of two usages.
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            cpus: self.cpus + other.cpus,
+            memory: self.memory.saturating_add(other.memory),
+            disk: self.disk.saturating_add(other.disk),
+        }
+    }
+}
+
+impl SitePolicy {
+    /// Whether `release` may run here next to services already using `others`; the
+    /// reason when not.
+    pub fn admit(&self, release: &VerifiedRelease, others: Usage) -> Result<(), String> {
+        let r = &release.release;
+        let c = &r.container;
+        let refuse = |why: String| {
+            Err(format!(
+                "{} {} is refused by this site's policy ({FILE}): {why}",
+                r.service, r.version
+            ))
+        };
+        let registry = if release.archive.is_some() {
+            ARCHIVE
+        } else {
+            registry_of(&c.image)
+        };
+        if let Some(allowed) = &self.allowed_registries
+            && !allowed.iter().any(|a| a == registry)
+        {
+            return refuse(format!(
+                "images from {registry} are not allowed (allowed: {})",
+                allowed.join(", ")
+            ));
+        }
+        if release.archive.is_none()
+            && self.require_digest
+            && !continuum_shared::manifest::pinned_by_digest(&c.image)
+        {
+            return refuse(format!("{} is not pinned by digest", c.image));
+        }
+        if c.privileged && !self.allow_privileged {
+            return refuse("privileged containers are not allowed".into());
+        }
+        if c.host_network && !self.allow_host_network {
+            return refuse("the host's network is not allowed".into());
+        }
+        let mine = Usage::of(release);
+        let total = others.plus(mine);
+        if let Some(budget) = self.cpus {
+            if c.cpus.is_none() {
+                return refuse(format!(
+                    "it sets no CPU limit, and this site's services share a budget of {budget} CPUs"
+                ));
+            }
+            if total.cpus > budget + 1e-9 {
+                return refuse(format!(
+                    "it needs {} CPUs, and only {:.2} of the site's {budget} are left",
+                    mine.cpus,
+                    (budget - others.cpus).max(0.0)
+                ));
+            }
+        }
+        if let Some(budget) = self.memory {
+            if c.memory.is_none() {
+                return refuse(format!(
+                    "it sets no memory limit, and this site's services share a budget of {budget} bytes"
+                ));
+            }
+            if total.memory > budget {
+                return refuse(format!(
+                    "it needs {} bytes of memory, and only {} of the site's {budget} are left",
+                    mine.memory,
+                    budget.saturating_sub(others.memory)
+                ));
+            }
+        }
+        if let Some(budget) = self.disk
+            && total.disk > budget
+        {
+            return refuse(format!(
+                "its image archive is {} bytes, and only {} of the site's {budget}-byte disk budget are left",
+                mine.disk,
+                budget.saturating_sub(others.disk)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `policy` in step with the file: reloads on change, rejects a bad edit (logged,
+/// and published in `errors`) and keeps the previous policy.
+pub fn watch(
+    state_dir: PathBuf,
+    policy: watch::Sender<SitePolicy>,
+    errors: watch::Sender<Option<String>>,
+) -> Result<notify::RecommendedWatcher, String> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().is_some_and(|n| n == FILE))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    watcher
+        .watch(&state_dir, RecursiveMode::NonRecursive)
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let an editor finish writing before reading.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            match load(&state_dir) {
+                Ok(new) => {
+                    errors.send_replace(None);
+                    if policy.send_if_modified(|old| {
+                        let changed = *old != new;
+                        *old = new.clone();
+                        changed
+                    }) {
+                        info!("site policy reloaded");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "site policy edit rejected; the previous policy stays in force");
+                    errors.send_replace(Some(e));
+                }
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use continuum_shared::manifest::{self, ImageSource};
+
+    fn release(extra: &str) -> VerifiedRelease {
+        let text = format!(
+            "[service]\nname = \"web\"\nversion = \"1\"\n[container]\nimage = \"registry.example.org/web@sha256:{}\"\n{extra}\n[health]\ntcp = \"127.0.0.1:80\"\n",
+            "ab".repeat(32)
+        );
+        VerifiedRelease {
+            target: "t".into(),
+            sha256: "0".repeat(64),
+            release: manifest::parse("t.toml", &text, ImageSource::Registry).unwrap(),
+            archive: None,
+        }
+    }
+
+    #[test]
+    fn a_bad_edit_names_its_line() {
+        let error = parse(
+            "p.toml",
+            "[images]\nrequire_digest = true\n\n[budget]\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert!(error.starts_with("p.toml:5: budget.memory"), "{error}");
+        let error = parse("p.toml", "[images]\nallow_everything = true\n").unwrap_err();
+        assert!(error.starts_with("p.toml:2:"), "{error}");
+        assert!(error.contains("allow_everything"), "{error}");
+    }
+
+    #[test]
+    fn registries_privileges_and_budgets_are_enforced() {
+        let policy = parse(
+            "p.toml",
+            "[images]\nallowed_registries = [\"registry.example.org\"]\n[budget]\ncpus = 2.0\nmemory = \"1GiB\"\n",
+        )
+        .unwrap();
+        let fits = release("cpus = 1.0\nmemory = \"512MiB\"");
+        assert!(policy.admit(&fits, Usage::default()).is_ok());
+        let used = Usage {
+            cpus: 1.5,
+            memory: 0,
+            disk: 0,
+        };
+        let error = policy.admit(&fits, used).unwrap_err();
+        assert!(
+            error.contains("only 0.50 of the site's 2 are left"),
+            "{error}"
+        );
+        let error = policy
+            .admit(&release("memory = \"512MiB\""), Usage::default())
+            .unwrap_err();
+        assert!(error.contains("no CPU limit"), "{error}");
+        let error = policy
+            .admit(
+                &release("cpus = 1.0\nmemory = \"512MiB\"\nprivileged = true"),
+                Usage::default(),
+            )
+            .unwrap_err();
+        assert!(error.contains("privileged"), "{error}");
+        let mut other = fits.clone();
+        other.release.container.image = format!("docker.io/library/web@sha256:{}", "ab".repeat(32));
+        let error = policy.admit(&other, Usage::default()).unwrap_err();
+        assert!(
+            error.contains("images from docker.io are not allowed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn registry_names_follow_dockers_rules() {
+        assert_eq!(
+            registry_of("registry.example.org/a/b:1"),
+            "registry.example.org"
+        );
+        assert_eq!(registry_of("localhost:5000/a"), "localhost:5000");
+        assert_eq!(registry_of("library/busybox"), "docker.io");
+        assert_eq!(registry_of("busybox"), "docker.io");
+    }
+}

@@ -192,6 +192,8 @@ impl Reconciler {
             .collect();
         names.extend(containers.iter().map(|c| c.service.clone()));
         names.extend(self.ledger.services());
+        let started = Instant::now();
+        let count = names.len();
         let mut reports = BTreeMap::new();
         let mut busy = false;
         for name in names {
@@ -205,6 +207,13 @@ impl Reconciler {
             reports.insert(name, step.report);
         }
         self.publish(reports);
+        tracing::debug!(
+            services = count,
+            containers = containers.len(),
+            busy,
+            took_us = started.elapsed().as_micros() as u64,
+            "reconcile pass"
+        );
         busy
     }
 

@@ -115,54 +115,31 @@ pub struct Stored {
 /// refusing more than `max` bytes. Nothing is left behind when it fails.
 pub async fn store<S, E>(
     image: &crate::tuf::image::ImageRepo,
-    mut body: S,
+    body: S,
     max: u64,
 ) -> Result<Stored, String>
 where
     S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
+    use continuum_shared::files::{StreamWriteError, write_stream_hashed};
     let dir = image.staging_dir().map_err(|e| e.to_string())?;
     let staged = dir.join(format!("upload-{:016x}", fastrand::u64(..)));
-    let result = async {
-        let mut file = tokio::fs::File::create(&staged)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut length = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
-            length += chunk.len() as u64;
-            if length > max {
-                return Err(format!("the archive is larger than {max} bytes"));
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        file.sync_all().await.map_err(|e| e.to_string())?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(hasher.finish().as_ref());
-        Ok((sha256, length))
-    }
-    .await;
-    match result {
-        Ok((sha256, length)) => {
-            let path = image
-                .adopt_blob(&staged, &continuum_shared::tls::hex(&sha256))
-                .map_err(|e| e.to_string())?;
-            Ok(Stored {
-                sha256,
-                length,
-                path,
-            })
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&staged);
-            Err(e)
-        }
-    }
+    let (sha256, length) = write_stream_hashed(&staged, body, max)
+        .await
+        .map_err(|e| match e {
+            StreamWriteError::TooLong(max) => format!("the archive is larger than {max} bytes"),
+            StreamWriteError::Source(e) => format!("the upload broke off: {e}"),
+            StreamWriteError::Io(e) => e,
+        })?;
+    let path = image
+        .adopt_blob(&staged, &continuum_shared::tls::hex(&sha256))
+        .map_err(|e| e.to_string())?;
+    Ok(Stored {
+        sha256,
+        length,
+        path,
+    })
 }
 
 #[cfg(test)]

@@ -78,6 +78,62 @@ pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     fs::read(path).map_err(err("read", path))
 }
 
+/// Why a stream could not be written to a file.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamWriteError {
+    /// More bytes came than allowed.
+    #[error("more than {0} bytes")]
+    TooLong(u64),
+    /// The stream failed.
+    #[error("{0}")]
+    Source(String),
+    /// The file could not be written.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Writes a stream of chunks to a new file at `path`, hashing (SHA-256) as it goes and
+/// refusing more than `max` bytes; returns the hash and the length. On failure the file
+/// is removed.
+pub async fn write_stream_hashed<S, B, E>(
+    path: &Path,
+    mut chunks: S,
+    max: u64,
+) -> Result<([u8; 32], u64), StreamWriteError>
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| StreamWriteError::Io(format!("{}: {e}", path.display()));
+    let written = async {
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut length = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| StreamWriteError::Source(e.to_string()))?;
+            let chunk = chunk.as_ref();
+            length += chunk.len() as u64;
+            if length > max {
+                return Err(StreamWriteError::TooLong(max));
+            }
+            hasher.update(chunk);
+            file.write_all(chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(hasher.finish().as_ref());
+        Ok((sha256, length))
+    }
+    .await;
+    if written.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +162,23 @@ mod tests {
         );
         let missing = read(&sub.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_written_hashed_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let chunks = || {
+            futures_util::stream::iter(vec![
+                Ok::<_, String>(b"hello ".to_vec()),
+                Ok(b"world".to_vec()),
+            ])
+        };
+        let (sha256, length) = write_stream_hashed(&path, chunks(), 11).await.unwrap();
+        assert_eq!((sha256, length), (crate::tls::sha256(b"hello world"), 11));
+        assert_eq!(fs::read(&path).unwrap(), b"hello world");
+        let error = write_stream_hashed(&path, chunks(), 10).await.unwrap_err();
+        assert!(matches!(error, StreamWriteError::TooLong(10)), "{error}");
+        assert!(!path.exists(), "nothing is left behind");
     }
 }

@@ -310,6 +310,19 @@ pub enum AgentMessage {
 /// The longest text (errors, log tails) a service report carries.
 pub const MAX_REPORT_TEXT: usize = 2048;
 
+/// Cuts `text` to at most `max` bytes, keeping its end (where errors and log tails say
+/// most).
+pub fn keep_end(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = text.len() - max;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+    text
+}
+
 /// One service at a site: what should run, what runs, and how it is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceReport {
@@ -357,6 +370,21 @@ pub enum ServicePhase {
     Removed,
 }
 
+impl ServicePhase {
+    /// The phase's name, as JSON and the CLI show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServicePhase::Deploying => "deploying",
+            ServicePhase::Trial => "trial",
+            ServicePhase::Running => "running",
+            ServicePhase::RolledBack => "rolled-back",
+            ServicePhase::Failed => "failed",
+            ServicePhase::Refused => "refused",
+            ServicePhase::Removed => "removed",
+        }
+    }
+}
+
 /// A health verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -369,6 +397,18 @@ pub enum HealthState {
     Unhealthy,
     /// No container runs.
     Down,
+}
+
+impl HealthState {
+    /// The verdict's name, as JSON and the CLI show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthState::Starting => "starting",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+            HealthState::Down => "down",
+        }
+    }
 }
 
 /// The outcome of an agent's last attempt to take on new desired state.
@@ -435,4 +475,40 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Seconds since the agent process started.
     pub uptime_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_what_json_shows() {
+        let json = |v: serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        for phase in [
+            ServicePhase::Deploying,
+            ServicePhase::Trial,
+            ServicePhase::Running,
+            ServicePhase::RolledBack,
+            ServicePhase::Failed,
+            ServicePhase::Refused,
+            ServicePhase::Removed,
+        ] {
+            assert_eq!(phase.name(), json(serde_json::to_value(phase).unwrap()));
+        }
+        for health in [
+            HealthState::Starting,
+            HealthState::Healthy,
+            HealthState::Unhealthy,
+            HealthState::Down,
+        ] {
+            assert_eq!(health.name(), json(serde_json::to_value(health).unwrap()));
+        }
+    }
+
+    #[test]
+    fn keep_end_keeps_whole_characters_at_the_end() {
+        assert_eq!(keep_end("abcdef".into(), 3), "def");
+        assert_eq!(keep_end("aé".into(), 2), "é");
+        assert_eq!(keep_end("abc".into(), 10), "abc");
+    }
 }

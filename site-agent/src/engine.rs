@@ -34,7 +34,9 @@ pub fn default_address() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The engine cannot be reached (socket missing, connection refused or cut).
-    #[error("the container engine at {address} is unreachable: {reason}")]
+    #[error(
+        "the container engine at {address} is unreachable: {reason} (is Docker or Podman running? `continuum-agent run --engine unix:///path/to.sock` chooses the socket)"
+    )]
     Unreachable {
         /// The engine's address.
         address: String,
@@ -110,15 +112,6 @@ impl Engine {
                 reason: other.to_string(),
             },
         }
-    }
-
-    /// Whether the engine answers.
-    pub async fn ping(&self) -> Result<(), EngineError> {
-        self.docker
-            .ping()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e))
     }
 
     /// Every container, running or not, that carries `site`'s label.
@@ -205,14 +198,7 @@ impl Engine {
         while let Some(Ok(chunk)) = stream.next().await {
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
-        if text.len() > max_bytes {
-            let mut cut = text.len() - max_bytes;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            text.drain(..cut);
-        }
-        text
+        continuum_shared::protocol::keep_end(text, max_bytes)
     }
 
     /// Runs `command` inside a running container; returns its exit code.

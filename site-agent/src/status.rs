@@ -171,14 +171,6 @@ fn director_expiry(state_dir: &Path) -> Option<jiff::Timestamp> {
     value["signed"]["expires"].as_str()?.parse().ok()
 }
 
-/// The name a value serializes to (`rolled-back`, `healthy`).
-fn name_of<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Builds the report from the state directory.
 pub fn report(state_dir: &Path, identity: Option<&Identity>) -> StatusReport {
     let run: Option<RunStatus> = std::fs::read(state_dir.join(STATUS_FILE))
@@ -294,8 +286,8 @@ pub fn render(report: &StatusReport) -> String {
                 service.service,
                 dash(&service.desired),
                 dash(&service.running),
-                name_of(&service.phase),
-                name_of(&service.health)
+                service.phase.name(),
+                service.health.name()
             ),
         ));
     }

@@ -223,14 +223,6 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name a value serializes to (`rolled-back`, `healthy`).
-fn json_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// `3 (1 failing)`: how many services a site runs, and how many are not as desired.
 fn service_summary(site: &SiteView) -> String {
     use continuum_shared::protocol::{HealthState, ServicePhase};
@@ -292,8 +284,8 @@ fn show_site(out: Output, site: &SiteView) {
                 s.service.clone(),
                 or_dash(s.desired.as_ref()),
                 or_dash(s.running.as_ref()),
-                json_name(&s.phase),
-                json_name(&s.health),
+                s.phase.name().to_owned(),
+                s.health.name().to_owned(),
                 s.restarts.to_string(),
                 s.failure
                     .as_ref()

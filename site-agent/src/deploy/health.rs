@@ -6,16 +6,86 @@
 
 use std::time::Duration;
 
-use continuum_shared::manifest::HealthCheck;
+use continuum_shared::manifest::{Health, HealthCheck};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::engine::Engine;
 
 /// Host name that stands for the container's own address.
 pub const CONTAINER_HOST: &str = "container";
+
+/// The health of one running container, probe after probe (in memory: an agent restart
+/// starts over, inside the release's start period again).
+pub struct Tracker {
+    /// The container probed.
+    pub container: String,
+    started: Instant,
+    next_at: Instant,
+    successes: u32,
+    /// The threshold of consecutive passes was reached and nothing failed since.
+    pub healthy: bool,
+    /// A probe failed after the start period.
+    pub unhealthy: bool,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
+    /// Restarts of the container, as the engine counts them.
+    pub restarts: u32,
+}
+
+impl Tracker {
+    /// Starts tracking `container`, first seen running at `now`.
+    pub fn new(container: &str, now: Instant) -> Tracker {
+        Tracker {
+            container: container.to_owned(),
+            started: now,
+            next_at: now,
+            successes: 0,
+            healthy: false,
+            unhealthy: false,
+            last_error: None,
+            restarts: 0,
+        }
+    }
+
+    /// Probes when the release's interval is due; returns whether the container is
+    /// healthy. Failures inside the start period do not count against it.
+    pub async fn observe(&mut self, engine: &Engine, health: &Health) -> bool {
+        let now = Instant::now();
+        if now < self.next_at {
+            return self.healthy;
+        }
+        self.next_at = now + health.interval;
+        let in_start_period = now < self.started + health.start_period;
+        let result = probe(engine, &self.container, &health.check, health.timeout).await;
+        if let Ok(inspected) = engine.inspect(&self.container).await {
+            let count = inspected.restart_count.unwrap_or(0);
+            self.restarts = count.clamp(0, i64::from(u32::MAX)) as u32;
+        }
+        match result {
+            Ok(()) => {
+                self.successes += 1;
+                self.last_error = None;
+                if self.successes >= health.healthy_after {
+                    self.healthy = true;
+                    self.unhealthy = false;
+                }
+            }
+            Err(e) => {
+                self.successes = 0;
+                self.last_error = Some(e);
+                if !in_start_period {
+                    self.healthy = false;
+                    self.unhealthy = true;
+                }
+            }
+        }
+        self.healthy
+    }
+}
 
 /// Runs one probe of `check` against container `id`, within `timeout`.
 pub async fn probe(

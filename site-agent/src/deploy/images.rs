@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use continuum_shared::files::{StreamWriteError, write_stream_hashed};
 use continuum_shared::manifest::ImageArchive;
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tough::Transport;
 
 use crate::engine::{Engine, EngineError};
@@ -94,34 +93,21 @@ async fn fetch_archive(
         ..FetchLimits::default()
     };
     let transport = LinkTransport::new(link.clone(), limits);
-    let mut stream = transport
+    let stream = transport
         .fetch(url)
         .await
         .map_err(|e| ImageError::Fetch(e.to_string()))?;
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(|e| ImageError::Fetch(format!("{}: {e}", path.display())))?;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut length = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ImageError::Fetch(e.to_string()))?;
-        length += chunk.len() as u64;
-        if length > archive.length {
-            let _ = std::fs::remove_file(&path);
+    let written = write_stream_hashed(&path, stream, archive.length).await;
+    let (sha256, length) = match written {
+        Ok((sha256, length)) => (continuum_shared::tls::hex(&sha256), length),
+        Err(StreamWriteError::TooLong(_)) => {
             return Err(ImageError::Tampered(format!(
-                "the archive {} is longer than the {} bytes signed",
+                "the archive {} is longer than the {} bytes signed: refused",
                 archive.target, archive.length
             )));
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ImageError::Fetch(format!("{}: {e}", path.display())))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ImageError::Fetch(e.to_string()))?;
-    let sha256 = continuum_shared::tls::hex(hasher.finish().as_ref());
+        Err(e) => return Err(ImageError::Fetch(e.to_string())),
+    };
     if length != archive.length || sha256 != archive.sha256 {
         let _ = std::fs::remove_file(&path);
         return Err(ImageError::Tampered(format!(

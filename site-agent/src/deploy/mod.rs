@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::admission::{SitePolicy, Usage};
 use crate::engine::{Engine, EngineError, Ours};
 use crate::trust::{DesiredState, LinkSlot, VerifiedRelease};
+use health::Tracker;
 use images::ImageError;
 use ledger::{Failed, Ledger, ServiceRecord, Trial};
 pub use report::{Reports, load_reports, same_report};
@@ -63,18 +64,6 @@ pub struct Settings {
     pub interval: Duration,
 }
 
-/// Health bookkeeping of one running container (in memory: a restart starts over).
-struct Probe {
-    container: String,
-    started: Instant,
-    next_at: Instant,
-    successes: u32,
-    healthy: bool,
-    unhealthy: bool,
-    last_error: Option<String>,
-    restarts: u32,
-}
-
 /// The reconcile loop of one site.
 pub struct Reconciler {
     site: String,
@@ -85,7 +74,7 @@ pub struct Reconciler {
     link: LinkSlot,
     desired: watch::Receiver<Option<DesiredState>>,
     reports: watch::Sender<Reports>,
-    probes: HashMap<String, Probe>,
+    probes: HashMap<String, Tracker>,
     errors: HashMap<String, String>,
     policy: watch::Receiver<SitePolicy>,
 }
@@ -601,63 +590,14 @@ impl Reconciler {
     /// healthy (the release's threshold of consecutive passes reached).
     async fn probe(&mut self, engine: &Engine, name: &str, c: &Ours, health: &Health) -> bool {
         let now = Instant::now();
-        let probe = self.probes.entry(name.to_owned()).or_insert_with(|| Probe {
-            container: c.id.clone(),
-            started: now,
-            next_at: now,
-            successes: 0,
-            healthy: false,
-            unhealthy: false,
-            last_error: None,
-            restarts: 0,
-        });
-        if probe.container != c.id {
-            *probe = Probe {
-                container: c.id.clone(),
-                started: now,
-                next_at: now,
-                successes: 0,
-                healthy: false,
-                unhealthy: false,
-                last_error: None,
-                restarts: 0,
-            };
+        let tracker = self
+            .probes
+            .entry(name.to_owned())
+            .or_insert_with(|| Tracker::new(&c.id, now));
+        if tracker.container != c.id {
+            *tracker = Tracker::new(&c.id, now);
         }
-        if now < probe.next_at {
-            return probe.healthy;
-        }
-        probe.next_at = now + health.interval;
-        let in_start_period = now < probe.started + health.start_period;
-        let result = health::probe(engine, &c.id, &health.check, health.timeout).await;
-        let restarts = engine
-            .inspect(&c.id)
-            .await
-            .ok()
-            .and_then(|i| i.restart_count)
-            .unwrap_or(0);
-        let Some(probe) = self.probes.get_mut(name) else {
-            return false;
-        };
-        probe.restarts = restarts.clamp(0, i64::from(u32::MAX)) as u32;
-        match result {
-            Ok(()) => {
-                probe.successes += 1;
-                probe.last_error = None;
-                if probe.successes >= health.healthy_after {
-                    probe.healthy = true;
-                    probe.unhealthy = false;
-                }
-            }
-            Err(e) => {
-                probe.successes = 0;
-                probe.last_error = Some(e);
-                if !in_start_period {
-                    probe.healthy = false;
-                    probe.unhealthy = true;
-                }
-            }
-        }
-        probe.healthy
+        tracker.observe(engine, health).await
     }
 
     fn report(

@@ -43,15 +43,8 @@ pub fn same(a: &Reports, b: &Reports) -> bool {
 }
 
 /// Cuts text to what a report may carry, keeping its end (where log tails say most).
-pub fn bounded(mut text: String) -> String {
-    if text.len() > MAX_REPORT_TEXT {
-        let mut cut = text.len() - MAX_REPORT_TEXT;
-        while !text.is_char_boundary(cut) {
-            cut += 1;
-        }
-        text.drain(..cut);
-    }
-    text
+pub fn bounded(text: String) -> String {
+    continuum_shared::protocol::keep_end(text, MAX_REPORT_TEXT)
 }
 
 /// Writes the reports for `continuum-agent status`.

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -70,6 +72,7 @@ pub struct Ours {
 pub struct Engine {
     docker: Docker,
     address: String,
+    requests: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -89,15 +92,27 @@ impl Engine {
         if !Path::new(path).exists() {
             return Err(unreachable(format!("{path} does not exist")));
         }
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
         let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
             .map_err(|e| unreachable(e.to_string()))?
+            .with_request_modifier(move |request| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                request
+            })
             .negotiate_version()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Engine {
             docker,
             address: address.to_owned(),
+            requests,
         })
+    }
+
+    /// How many API requests this connection has made (for the reconcile benchmark).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn error(&self, error: BollardError) -> EngineError {

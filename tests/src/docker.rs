@@ -190,3 +190,93 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A socket proxy in front of the engine that a test can cut and restore, to see the
+/// agent lose its engine and find it again without touching the machine's daemon.
+pub struct SocketProxy {
+    path: PathBuf,
+    running: Option<ProxyRun>,
+}
+
+struct ProxyRun {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    accept: std::thread::JoinHandle<()>,
+}
+
+impl SocketProxy {
+    /// A proxy listening at `path`, forwarding to the engine's socket.
+    pub fn start(path: &Path) -> SocketProxy {
+        let mut proxy = SocketProxy {
+            path: path.to_owned(),
+            running: None,
+        };
+        proxy.restore();
+        proxy
+    }
+
+    /// The engine address agents use to go through the proxy.
+    pub fn address(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Starts listening (again).
+    pub fn restore(&mut self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        assert!(self.running.is_none(), "the proxy already runs");
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, open) = (stop.clone(), connections.clone());
+        let accept = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = UnixStream::connect(ENGINE.trim_start_matches("unix://")) else {
+                    continue;
+                };
+                let mut list = open.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        self.running = Some(ProxyRun {
+            stop,
+            connections,
+            accept,
+        });
+    }
+
+    /// Cuts every connection and stops listening.
+    pub fn cut(&mut self) {
+        let Some(run) = self.running.take() else {
+            return;
+        };
+        run.stop.store(true, Ordering::Relaxed);
+        let _ = run.accept.join();
+        for c in run.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

@@ -60,11 +60,21 @@ impl Tracker {
         }
         self.next_at = now + health.interval;
         let in_start_period = now < self.started + health.start_period;
-        let result = probe(engine, &self.container, &health.check, health.timeout).await;
+        // One inspect per probe gives both the restart count and the address.
+        let mut ip = None;
         if let Ok(inspected) = engine.inspect(&self.container).await {
             let count = inspected.restart_count.unwrap_or(0);
             self.restarts = count.clamp(0, i64::from(u32::MAX)) as u32;
+            ip = address_of(inspected);
         }
+        let result = probe(
+            engine,
+            &self.container,
+            ip.as_deref(),
+            &health.check,
+            health.timeout,
+        )
+        .await;
         match result {
             Ok(()) => {
                 self.successes += 1;
@@ -87,18 +97,20 @@ impl Tracker {
     }
 }
 
-/// Runs one probe of `check` against container `id`, within `timeout`.
+/// Runs one probe of `check` against container `id` (whose network address is `ip`, if
+/// it has one), within `timeout`.
 pub async fn probe(
     engine: &Engine,
     id: &str,
+    ip: Option<&str>,
     check: &HealthCheck,
     timeout: Duration,
 ) -> Result<(), String> {
     let run = async {
         match check {
-            HealthCheck::Http(url) => http(engine, id, url).await,
+            HealthCheck::Http(url) => http(ip, url).await,
             HealthCheck::Tcp(address) => {
-                let address = resolve(engine, id, address).await?;
+                let address = resolve(ip, address)?;
                 TcpStream::connect(&address)
                     .await
                     .map(drop)
@@ -116,36 +128,36 @@ pub async fn probe(
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
 }
 
+/// The container's address on its engine network, if it has one.
+fn address_of(inspected: bollard::models::ContainerInspectResponse) -> Option<String> {
+    inspected
+        .network_settings?
+        .networks?
+        .into_values()
+        .filter_map(|e| e.ip_address)
+        .find(|ip| !ip.is_empty())
+}
+
 /// `host:port` with the container placeholder replaced by the container's address.
-async fn resolve(engine: &Engine, id: &str, address: &str) -> Result<String, String> {
+fn resolve(ip: Option<&str>, address: &str) -> Result<String, String> {
     let Some(port) = address
         .strip_prefix(CONTAINER_HOST)
         .and_then(|r| r.strip_prefix(':'))
     else {
         return Ok(address.to_owned());
     };
-    let inspected = engine.inspect(id).await.map_err(|e| e.to_string())?;
-    let ip = inspected
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|networks| {
-            networks
-                .into_values()
-                .filter_map(|e| e.ip_address)
-                .find(|ip| !ip.is_empty())
-        })
-        .ok_or("the container has no network address")?;
+    let ip = ip.ok_or("the container has no network address")?;
     Ok(format!("{ip}:{port}"))
 }
 
-async fn http(engine: &Engine, id: &str, url: &str) -> Result<(), String> {
+async fn http(ip: Option<&str>, url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
     if parsed.scheme() != "http" {
         return Err(format!("{url}: only http:// health checks are supported"));
     }
     let host = parsed.host_str().ok_or_else(|| format!("{url}: no host"))?;
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let address = resolve(engine, id, &format!("{host}:{port}")).await?;
+    let address = resolve(ip, &format!("{host}:{port}"))?;
     let stream = TcpStream::connect(&address)
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
@@ -169,5 +181,20 @@ async fn http(engine: &Engine, id: &str, url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("GET {url} answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_host_stands_for_the_containers_address() {
+        assert_eq!(
+            resolve(Some("172.17.0.2"), "container:80").unwrap(),
+            "172.17.0.2:80"
+        );
+        assert_eq!(resolve(None, "127.0.0.1:8080").unwrap(), "127.0.0.1:8080");
+        assert!(resolve(None, "container:80").is_err());
     }
 }

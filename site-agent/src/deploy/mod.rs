@@ -170,6 +170,7 @@ impl Reconciler {
             Ok(engine) => engine,
             Err(e) => return self.engine_down(&desired, e),
         };
+        let requests_before = engine.requests();
         let containers = match engine.ours(&self.site).await {
             Ok(containers) => containers,
             Err(e) => return self.engine_down(&desired, e),
@@ -201,6 +202,7 @@ impl Reconciler {
             containers = containers.len(),
             busy,
             took_us = started.elapsed().as_micros() as u64,
+            engine_requests = engine.requests() - requests_before,
             "reconcile pass"
         );
         busy

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use continuum_tests::agent::Agent;
 use continuum_tests::docker::{
-    Cleanup, ENGINE, TestImage, containers_of, docker, free_port, http_get, unique,
+    Cleanup, ENGINE, SocketProxy, TestImage, containers_of, docker, free_port, http_get, unique,
 };
 use continuum_tests::releases::write;
 use continuum_tests::server::Server;
@@ -511,4 +511,58 @@ fn the_site_policy_refuses_what_the_site_does_not_allow_and_reloads_by_itself() 
     assert!(why.contains("bytes of memory"), "{why}");
     assert_eq!(refused["running"], "1");
     assert_eq!(http_get(port).as_deref(), Some("hello from 1"));
+}
+
+#[test]
+fn losing_the_engine_connection_is_reported_and_the_agent_reconverges_when_it_returns() {
+    let server = Server::start();
+    let site = unique("dock");
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let _cleanup = Cleanup {
+        sites: vec![site.clone()],
+        images: vec![image.id.clone()],
+        containers: vec![],
+    };
+    let volume = server.root().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let port = free_port();
+    let mut proxy = SocketProxy::start(&server.root().join("engine.sock"));
+    let token = server.token(&site, &[]);
+    let mut agent = Agent::new(server.root(), &site);
+    agent.join(&token, None).ok();
+    let engine = proxy.address();
+    agent.start_with(&["--engine", &engine, "--reconcile-interval", "1s"]);
+    server.wait_online(&site);
+    publish(
+        &server,
+        "v1.toml",
+        &web("1", &image.tag, port, &volume, "/", "30s"),
+        &image.archive,
+    );
+    assign(&server, &site, "1");
+    answers(port, "hello from 1");
+    service(&server, &site, "running 1", |w| w["phase"] == "running");
+
+    // The engine goes away: the site says so, and the service keeps running.
+    proxy.cut();
+    let lost = service(&server, &site, "engine unreachable", |w| {
+        w["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unreachable"))
+    });
+    assert!(
+        lost["last_error"].as_str().unwrap().contains("--engine"),
+        "the error says what to check: {lost}"
+    );
+    assert_eq!(http_get(port).as_deref(), Some("hello from 1"));
+
+    // Meanwhile someone removes the container; once the engine is back, it returns.
+    let before = web_containers(&site)[0]["Id"].as_str().unwrap().to_owned();
+    docker(&["rm", "-f", &before]);
+    proxy.restore();
+    answers(port, "hello from 1");
+    service(&server, &site, "healthy again, no error", |w| {
+        w["phase"] == "running" && w["health"] == "healthy" && w["last_error"].is_null()
+    });
+    assert_ne!(web_containers(&site)[0]["Id"], before.as_str());
 }

@@ -280,3 +280,72 @@ impl Drop for SocketProxy {
         self.cut();
     }
 }
+
+/// A real registry on loopback (Debian's `docker-registry`), storing in a test directory.
+pub struct Registry {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir` and waits until it answers.
+    pub fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("docker-registry is needed (tests/run installs the docker-registry package): {e}")
+            });
+        crate::wait::until(
+            std::time::Duration::from_secs(20),
+            "the registry to answer",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+        Registry { port, child }
+    }
+
+    /// Pushes `image` here and removes it from the engine again; returns the reference
+    /// pinned by digest.
+    pub fn push(&self, image: &TestImage) -> String {
+        docker(&["load", "-i", image.archive.to_str().unwrap()]);
+        let name = image
+            .tag
+            .rsplit_once(':')
+            .map_or(image.tag.as_str(), |(n, _)| n);
+        let remote = format!("127.0.0.1:{}/{name}", self.port);
+        docker(&["tag", &image.tag, &format!("{remote}:1")]);
+        let out = docker(&["push", &format!("{remote}:1")]);
+        let digest = out
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("no digest in the push output:\n{out}"))
+            .to_owned();
+        docker(&["image", "rm", "-f", &image.tag, &format!("{remote}:1")]);
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", &image.id])
+            .output();
+        format!("{remote}@{digest}")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

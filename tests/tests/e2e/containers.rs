@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use continuum_tests::agent::Agent;
 use continuum_tests::docker::{
-    Cleanup, ENGINE, SocketProxy, TestImage, containers_of, docker, free_port, http_get, unique,
+    Cleanup, ENGINE, Registry, SocketProxy, TestImage, containers_of, docker, free_port, http_get,
+    unique,
 };
 use continuum_tests::releases::write;
 use continuum_tests::server::Server;
@@ -565,4 +566,45 @@ fn losing_the_engine_connection_is_reported_and_the_agent_reconverges_when_it_re
         w["phase"] == "running" && w["health"] == "healthy" && w["last_error"].is_null()
     });
     assert_ne!(web_containers(&site)[0]["Id"], before.as_str());
+}
+
+#[test]
+fn a_release_pinned_by_digest_is_pulled_from_a_registry() {
+    let server = Server::start();
+    let site = unique("dock");
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let registry = Registry::start(server.root());
+    let reference = registry.push(&image);
+    let _cleanup = Cleanup {
+        sites: vec![site.clone()],
+        images: vec![image.id.clone(), reference.clone()],
+        containers: vec![],
+    };
+    let held = std::process::Command::new("docker")
+        .args(["image", "inspect", &image.id])
+        .output()
+        .unwrap();
+    assert!(
+        !held.status.success(),
+        "the engine does not hold the image before the site pulls it"
+    );
+    let volume = server.root().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let port = free_port();
+    let _agent = joined_agent(&server, &site);
+    let file = write(
+        server.root(),
+        "v1.toml",
+        &web("1", &reference, port, &volume, "/", "30s"),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap()])
+        .ok();
+    assign(&server, &site, "1");
+    answers(port, "hello from 1");
+    service(&server, &site, "running 1", |w| w["phase"] == "running");
+    assert_eq!(
+        web_containers(&site)[0]["Config"]["Image"],
+        reference.as_str()
+    );
 }

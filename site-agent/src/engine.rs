@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, ContainerSummary};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -73,6 +75,9 @@ pub struct Engine {
     docker: Docker,
     address: String,
     requests: Arc<AtomicU64>,
+    /// Resource limits every container gets explicitly (Podman needs them; see
+    /// [`explicit_rlimits`]).
+    rlimits: Option<Vec<ResourcesUlimits>>,
 }
 
 impl Engine {
@@ -103,10 +108,20 @@ impl Engine {
             .negotiate_version()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let podman = version
+            .components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.to_lowercase().contains("podman"));
         Ok(Engine {
             docker,
             address: address.to_owned(),
             requests,
+            rlimits: podman.then(explicit_rlimits),
         })
     }
 
@@ -148,8 +163,12 @@ impl Engine {
     pub async fn create(
         &self,
         name: &str,
-        body: ContainerCreateBody,
+        mut body: ContainerCreateBody,
     ) -> Result<String, EngineError> {
+        if let Some(rlimits) = &self.rlimits {
+            let host = body.host_config.get_or_insert_with(Default::default);
+            host.ulimits.get_or_insert_with(|| rlimits.clone());
+        }
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         self.docker
             .create_container(Some(options), body)
@@ -308,6 +327,39 @@ impl Engine {
             Err(e) => Err(self.error(e)),
         }
     }
+}
+
+/// Open-file and process limits to give containers explicitly. Podman 4 with runc (the
+/// runtime that works under this cgroup setup) cannot create a container without
+/// explicit limits it is allowed to set: the agent's own open-file limit, and its
+/// process limit capped at the kernel's `pid_max` (Podman caps its own there). Docker
+/// sets its daemon's defaults itself, so it gets none.
+fn explicit_rlimits() -> Vec<ResourcesUlimits> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .unwrap_or(32768);
+    let own = |label: &str| -> Option<(i64, i64)> {
+        let line = limits.lines().find(|l| l.starts_with(label))?;
+        let mut numbers = line[label.len()..].split_whitespace();
+        let mut next = || match numbers.next()? {
+            "unlimited" => Some(i64::MAX),
+            n => n.parse::<i64>().ok(),
+        };
+        Some((next()?, next()?))
+    };
+    let (files, _) = own("Max open files").unwrap_or((1024, 1024));
+    let (processes, _) = own("Max processes").unwrap_or((pid_max, pid_max));
+    let processes = processes.min(pid_max);
+    [("nofile", files.min(1 << 20)), ("nproc", processes)]
+        .into_iter()
+        .map(|(name, value)| ResourcesUlimits {
+            name: Some(name.to_owned()),
+            soft: Some(value),
+            hard: Some(value),
+        })
+        .collect()
 }
 
 fn ours(summary: ContainerSummary, site: &str) -> Option<Ours> {

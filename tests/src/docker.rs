@@ -349,3 +349,80 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A Podman API service on a socket of its own (Podman 4 with runc, the runtime that
+/// works under this machine's cgroup setup), for the same scenarios as Docker.
+pub struct Podman {
+    /// The socket's path.
+    pub socket: PathBuf,
+    child: std::process::Child,
+    sites: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Podman {
+    /// Starts `podman system service` on `<dir>/podman.sock` and waits until it answers.
+    pub fn start(dir: &Path) -> Podman {
+        let socket = dir.join("podman.sock");
+        let child = Command::new("podman")
+            .args(["--runtime", "runc", "system", "service", "--time", "0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("podman.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("podman is needed (tests/run installs podman and runc): {e}")
+            });
+        crate::wait::until(
+            std::time::Duration::from_secs(30),
+            "the podman service to answer",
+            || std::os::unix::net::UnixStream::connect(&socket).ok(),
+        );
+        Podman {
+            socket,
+            child,
+            sites: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// The engine address agents use.
+    pub fn address(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Removes `site`'s containers and these images from Podman when the test ends.
+    pub fn clean_up_after(&mut self, site: &str, image: &str) {
+        self.sites.push(site.to_owned());
+        self.images.push(image.to_owned());
+    }
+
+    /// Ids of the containers carrying `site`'s label, in Podman.
+    pub fn containers_of(&self, site: &str) -> Vec<String> {
+        let out = Command::new("podman")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=io.continuum.site={site}"))
+            .output()
+            .expect("podman ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for site in self.sites.clone() {
+            for id in self.containers_of(&site) {
+                let _ = Command::new("podman").args(["rm", "-f", &id]).output();
+            }
+        }
+        for image in &self.images {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use continuum_tests::agent::Agent;
 use continuum_tests::docker::{
-    Cleanup, ENGINE, Registry, SocketProxy, TestImage, containers_of, docker, free_port, http_get,
-    unique,
+    Cleanup, ENGINE, Podman, Registry, SocketProxy, TestImage, containers_of, docker, free_port,
+    http_get, unique,
 };
 use continuum_tests::releases::write;
 use continuum_tests::server::Server;
@@ -606,5 +606,62 @@ fn a_release_pinned_by_digest_is_pulled_from_a_registry() {
     assert_eq!(
         web_containers(&site)[0]["Config"]["Image"],
         reference.as_str()
+    );
+}
+
+#[test]
+fn the_core_scenario_runs_the_same_through_podmans_socket() {
+    let server = Server::start();
+    let site = unique("pod");
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let _cleanup = Cleanup {
+        sites: vec![],
+        images: vec![image.id.clone()],
+        containers: vec![],
+    };
+    let mut podman = Podman::start(server.root());
+    podman.clean_up_after(&site, &image.id);
+    let volume = server.root().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let port = free_port();
+    let token = server.token(&site, &[]);
+    let mut agent = Agent::new(server.root(), &site);
+    agent.join(&token, None).ok();
+    let engine = podman.address();
+    agent.start_with(&["--engine", &engine, "--reconcile-interval", "1s"]);
+    server.wait_online(&site);
+    for (version, path, within) in [
+        ("1", "/", "30s"),
+        ("2", "/", "30s"),
+        ("3", "/missing", "4s"),
+    ] {
+        let text = web(version, &image.tag, port, &volume, path, within);
+        publish(&server, &format!("v{version}.toml"), &text, &image.archive);
+    }
+
+    assign(&server, &site, "1");
+    answers(port, "hello from 1");
+    service(&server, &site, "running 1", |w| w["phase"] == "running");
+    assign(&server, &site, "2");
+    answers(port, "hello from 2");
+    service(&server, &site, "running 2", |w| {
+        w["running"] == "2" && w["phase"] == "running"
+    });
+    assign(&server, &site, "3");
+    let failed = service(&server, &site, "rolled back from 3", |w| {
+        w["failed"] == "3" && w["phase"] == "rolled-back" && w["running"] == "2"
+    });
+    assert!(
+        failed["failure"]
+            .as_str()
+            .unwrap()
+            .contains("did not become healthy"),
+        "{failed}"
+    );
+    answers(port, "hello from 2");
+    assert_eq!(podman.containers_of(&site).len(), 1);
+    assert!(
+        containers_of(&site).is_empty(),
+        "nothing of this site went to Docker"
     );
 }

@@ -14,7 +14,7 @@ pub const ENGINE: &str = "unix:///var/run/docker.sock";
 
 /// busybox applets linked into the test image.
 const APPLETS: &[&str] = &[
-    "sh", "httpd", "echo", "mkdir", "cat", "sleep", "ls", "true", "false", "wget",
+    "sh", "httpd", "echo", "mkdir", "cat", "sleep", "ls", "true", "false", "wget", "rm",
 ];
 
 /// Runs `docker ARGS`, failing the test with its output when it fails.

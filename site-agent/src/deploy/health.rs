@@ -51,6 +51,11 @@ impl Tracker {
         }
     }
 
+    /// When the next probe is due.
+    pub fn due_at(&self) -> Instant {
+        self.next_at
+    }
+
     /// Probes when the release's interval is due; returns whether the container is
     /// healthy. Failures inside the start period do not count against it.
     pub async fn observe(&mut self, engine: &Engine, health: &Health) -> bool {

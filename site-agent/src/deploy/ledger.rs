@@ -49,6 +49,7 @@ pub struct ServiceRecord {
 pub struct Ledger {
     db: sled::Db,
     services: sled::Tree,
+    images: sled::Tree,
 }
 
 impl Ledger {
@@ -63,7 +64,14 @@ impl Ledger {
         let services = db
             .open_tree("services")
             .map_err(|e| AgentError::State(e.to_string()))?;
-        Ok(Ledger { db, services })
+        let images = db
+            .open_tree("images")
+            .map_err(|e| AgentError::State(e.to_string()))?;
+        Ok(Ledger {
+            db,
+            services,
+            images,
+        })
     }
 
     /// The record of `service` (empty if none).
@@ -93,6 +101,34 @@ impl Ledger {
     /// Every service with a record.
     pub fn services(&self) -> Vec<String> {
         self.services
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect()
+    }
+}
+
+impl Ledger {
+    /// Remembers that this agent brought `image` onto the engine (so it may remove it).
+    pub fn track_image(&self, image: &str) -> Result<(), AgentError> {
+        if self.images.contains_key(image).map_err(store_error)? {
+            return Ok(());
+        }
+        self.images.insert(image, &[]).map_err(store_error)?;
+        self.db.flush().map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Forgets an image this agent brought.
+    pub fn untrack_image(&self, image: &str) -> Result<(), AgentError> {
+        self.images.remove(image).map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Every image this agent brought and has not removed.
+    pub fn tracked_images(&self) -> Vec<String> {
+        self.images
             .iter()
             .keys()
             .filter_map(Result::ok)

@@ -10,8 +10,9 @@
 //! lines. The ledger (sled) remembers last-known-good releases and trials, so a restarted
 //! agent picks up where it stopped and never stops a healthy service to do so.
 //!
-//! Passes run every `interval`, at once when the desired state changes, and every second
-//! while something is in flight (a deploy or a trial).
+//! Passes run every `interval` or when a health probe is due, at once when the desired
+//! state or the site policy changes, and every second while something is in flight (a
+//! deploy or a trial).
 
 pub mod health;
 pub mod images;
@@ -142,12 +143,17 @@ impl Reconciler {
                 }
             }
             let busy = self.pass().await;
-            let wait = if busy {
-                Duration::from_secs(1)
+            let now = Instant::now();
+            next_pass = if busy {
+                now + Duration::from_secs(1)
             } else {
-                self.settings.interval
+                // Steady state: every interval, or sooner when a health probe is due.
+                self.probes
+                    .values()
+                    .map(Tracker::due_at)
+                    .fold(now + self.settings.interval, Instant::min)
+                    .max(now + Duration::from_millis(100))
             };
-            next_pass = Instant::now() + wait;
         }
     }
 
@@ -197,6 +203,9 @@ impl Reconciler {
             reports.insert(name, step.report);
         }
         self.publish(reports);
+        if !busy {
+            self.sweep_images(&engine, &desired).await;
+        }
         tracing::debug!(
             services = count,
             containers = containers.len(),
@@ -206,6 +215,33 @@ impl Reconciler {
             "reconcile pass"
         );
         busy
+    }
+
+    /// Removes images this agent brought that neither a desired release nor a
+    /// last-known-good one runs. An image still in use (by anyone) stays.
+    async fn sweep_images(&mut self, engine: &Engine, desired: &DesiredState) {
+        let mut keep: BTreeSet<String> = desired.releases.iter().map(spec::image_of).collect();
+        for service in self.ledger.services() {
+            if let Ok(ServiceRecord {
+                last_known_good: Some(lkg),
+                ..
+            }) = self.ledger.get(&service)
+            {
+                keep.insert(spec::image_of(&lkg));
+            }
+        }
+        for image in self.ledger.tracked_images() {
+            if keep.contains(&image) {
+                continue;
+            }
+            let _ = engine.remove_image(&image).await;
+            if matches!(engine.image_id(&image).await, Ok(None)) {
+                info!(image = %image, "removed an image no release here needs");
+                if let Err(e) = self.ledger.untrack_image(&image) {
+                    warn!(error = %e, "could not forget a removed image");
+                }
+            }
+        }
     }
 
     /// The engine cannot be reached: nothing is touched, every service reports it.
@@ -424,7 +460,11 @@ impl Reconciler {
         let name = &target.release.service;
         info!(service = %name, version = %target.release.version, "deploying");
         match images::ensure(engine, &self.state_dir, &self.link, target).await {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Err(e) = self.ledger.track_image(&spec.image) {
+                    warn!(error = %e, "could not record the image for later clean-up");
+                }
+            }
             Err(ImageError::Tampered(reason)) => return Err(reason),
             Err(e) => {
                 // Not the release's fault (link or engine down): try again later.
@@ -480,18 +520,11 @@ impl Reconciler {
     ) {
         crash_point("before-commit");
         info!(service = %name, version = %target.release.version, "healthy: committed as last-known-good");
-        let previous = record.last_known_good.replace(target.clone());
+        record.last_known_good = Some(target.clone());
         record.trial = None;
         self.save(name, record);
         for other in theirs.iter().filter(|o| o.id != keep.id) {
             self.remove(engine, other).await;
-        }
-        if let Some(previous) = previous {
-            let image = spec::image_of(&previous);
-            if image != spec::image_of(target) && engine.remove_image(&image).await.unwrap_or(false)
-            {
-                info!(service = %name, image = %image, "removed the previous release's image");
-            }
         }
     }
 

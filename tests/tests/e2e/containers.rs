@@ -439,6 +439,67 @@ fn an_agent_killed_at_any_step_of_a_deploy_converges_after_restart() {
             (web_containers(&site).len() == 1).then_some(())
         });
     }
+    // Images of releases nothing runs any more are removed; the one in use stays.
+    let (current, old) = images.split_last().unwrap();
+    wait::until(LIMIT, "old images to be removed", || {
+        old.iter().all(|i| !image_held(&i.id)).then_some(())
+    });
+    assert!(image_held(&current.id));
+}
+
+fn image_held(id: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", id])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn a_running_service_is_probed_at_its_own_interval_not_the_reconcile_interval() {
+    let server = Server::start();
+    let site = unique("dock");
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let _cleanup = Cleanup {
+        sites: vec![site.clone()],
+        images: vec![image.id.clone()],
+        containers: vec![],
+    };
+    let volume = server.root().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let port = free_port();
+    let token = server.token(&site, &[]);
+    let mut agent = Agent::new(server.root(), &site);
+    agent.join(&token, None).ok();
+    agent.start_with(&["--engine", ENGINE, "--reconcile-interval", "120s"]);
+    server.wait_online(&site);
+    publish(
+        &server,
+        "v1.toml",
+        &web("1", &image.tag, port, &volume, "/", "30s"),
+        &image.archive,
+    );
+    assign(&server, &site, "1");
+    service(&server, &site, "running 1, healthy", |w| {
+        w["phase"] == "running" && w["health"] == "healthy"
+    });
+    let id = web_containers(&site)[0]["Id"].as_str().unwrap().to_owned();
+    docker(&["exec", &id, "rm", "/www/index.html"]);
+    let sick = wait::until(
+        Duration::from_secs(20),
+        "the service reported unhealthy",
+        || {
+            server
+                .site(&site)
+                .map(|s| s["services"]["web"].clone())
+                .filter(|w| w["health"] == "unhealthy")
+        },
+    );
+    assert!(
+        sick["last_error"].as_str().unwrap().contains("404"),
+        "{sick}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! [budget]                       # what the central team's services may use here, together
 //! cpus = 4.0
 //! memory = "8GiB"
-//! disk = "50GiB"                 # counted from the image archives shipped with releases
+//! disk = "50GiB"                 # image archives shipped, and registry images once pulled
 //! ```
 //!
 //! Without the file: any registry, digests required, no privileged containers, no host
@@ -174,13 +174,17 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// What `release` uses.
-    pub fn of(release: &VerifiedRelease) -> Usage {
+    /// What `release` uses; its disk is its archive's length, or for a registry image
+    /// its size once pulled (`pulled`; unknown before, counted as nothing).
+    pub fn of(release: &VerifiedRelease, pulled: Option<u64>) -> Usage {
         let c = &release.release.container;
         Usage {
             cpus: c.cpus.unwrap_or(0.0),
             memory: c.memory.unwrap_or(0),
-            disk: release.archive.as_ref().map_or(0, |a| a.length),
+            disk: release
+                .archive
+                .as_ref()
+                .map_or(pulled.unwrap_or(0), |a| a.length),
         }
     }
 
@@ -195,9 +199,14 @@ impl Usage {
 }
 
 impl SitePolicy {
-    /// Whether `release` may run here next to services already using `others`; the
-    /// reason when not.
-    pub fn admit(&self, release: &VerifiedRelease, others: Usage) -> Result<(), String> {
+    /// Whether `release`, using `mine`, may run here next to services already using
+    /// `others`; the reason when not.
+    pub fn admit(
+        &self,
+        release: &VerifiedRelease,
+        mine: Usage,
+        others: Usage,
+    ) -> Result<(), String> {
         let r = &release.release;
         let c = &r.container;
         let refuse = |why: String| {
@@ -231,7 +240,6 @@ impl SitePolicy {
         if c.host_network && !self.allow_host_network {
             return refuse("the host's network is not allowed".into());
         }
-        let mine = Usage::of(release);
         let total = others.plus(mine);
         if let Some(budget) = self.cpus {
             if c.cpus.is_none() {
@@ -362,31 +370,38 @@ mod tests {
         )
         .unwrap();
         let fits = release("cpus = 1.0\nmemory = \"512MiB\"");
-        assert!(policy.admit(&fits, Usage::default()).is_ok());
+        assert!(
+            policy
+                .admit(&fits, Usage::of(&fits, None), Usage::default())
+                .is_ok()
+        );
         let used = Usage {
             cpus: 1.5,
             memory: 0,
             disk: 0,
         };
-        let error = policy.admit(&fits, used).unwrap_err();
+        let error = policy
+            .admit(&fits, Usage::of(&fits, None), used)
+            .unwrap_err();
         assert!(
             error.contains("only 0.50 of the site's 2 are left"),
             "{error}"
         );
+        let small = release("memory = \"512MiB\"");
         let error = policy
-            .admit(&release("memory = \"512MiB\""), Usage::default())
+            .admit(&small, Usage::of(&small, None), Usage::default())
             .unwrap_err();
         assert!(error.contains("no CPU limit"), "{error}");
+        let privileged = release("cpus = 1.0\nmemory = \"512MiB\"\nprivileged = true");
         let error = policy
-            .admit(
-                &release("cpus = 1.0\nmemory = \"512MiB\"\nprivileged = true"),
-                Usage::default(),
-            )
+            .admit(&privileged, Usage::of(&privileged, None), Usage::default())
             .unwrap_err();
         assert!(error.contains("privileged"), "{error}");
         let mut other = fits.clone();
         other.release.container.image = format!("docker.io/library/web@sha256:{}", "ab".repeat(32));
-        let error = policy.admit(&other, Usage::default()).unwrap_err();
+        let error = policy
+            .admit(&other, Usage::of(&other, None), Usage::default())
+            .unwrap_err();
         assert!(
             error.contains("images from docker.io are not allowed"),
             "{error}"

@@ -285,6 +285,17 @@ impl Engine {
         }
     }
 
+    /// The size of an image in bytes, if the engine has it.
+    pub async fn image_size(&self, reference: &str) -> Result<Option<u64>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.size.map(|s| s.max(0) as u64)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
     /// Pulls `reference` from its registry.
     pub async fn pull(
         &self,

@@ -50,6 +50,7 @@ pub struct Ledger {
     db: sled::Db,
     services: sled::Tree,
     images: sled::Tree,
+    sizes: sled::Tree,
 }
 
 impl Ledger {
@@ -67,10 +68,14 @@ impl Ledger {
         let images = db
             .open_tree("images")
             .map_err(|e| AgentError::State(e.to_string()))?;
+        let sizes = db
+            .open_tree("image-sizes")
+            .map_err(|e| AgentError::State(e.to_string()))?;
         Ok(Ledger {
             db,
             services,
             images,
+            sizes,
         })
     }
 
@@ -118,6 +123,21 @@ impl Ledger {
         self.images.insert(image, &[]).map_err(store_error)?;
         self.db.flush().map_err(store_error)?;
         Ok(())
+    }
+
+    /// Remembers how large a pulled image is, for the site's disk budget (kept after the
+    /// image is removed, so a refused image is not pulled again to learn its size).
+    pub fn record_size(&self, image: &str, bytes: u64) -> Result<(), AgentError> {
+        self.sizes
+            .insert(image, &bytes.to_le_bytes())
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// The recorded size of a pulled image.
+    pub fn size_of(&self, image: &str) -> Option<u64> {
+        let bytes = self.sizes.get(image).ok()??;
+        Some(u64::from_le_bytes(bytes.as_ref().try_into().ok()?))
     }
 
     /// Forgets an image this agent brought.

@@ -437,10 +437,17 @@ impl Reconciler {
                 d.releases
                     .iter()
                     .filter(|r| r.release.service != release.release.service)
-                    .fold(Usage::default(), |sum, r| sum.plus(Usage::of(r)))
+                    .fold(Usage::default(), |sum, r| sum.plus(self.usage(r)))
             })
             .unwrap_or_default();
-        self.policy.borrow().admit(release, others)
+        self.policy
+            .borrow()
+            .admit(release, self.usage(release), others)
+    }
+
+    /// What a release uses, with the size of its image if this agent pulled it before.
+    fn usage(&self, release: &VerifiedRelease) -> Usage {
+        Usage::of(release, self.ledger.size_of(&spec::image_of(release)))
     }
 
     /// Gets the image, retires the old container as the strategy says, and creates and
@@ -463,6 +470,17 @@ impl Reconciler {
             Ok(_) => {
                 if let Err(e) = self.ledger.track_image(&spec.image) {
                     warn!(error = %e, "could not record the image for later clean-up");
+                }
+                if target.archive.is_none()
+                    && let Ok(Some(bytes)) = engine.image_size(&spec.image).await
+                {
+                    // A pulled image's size is known only now: check the disk budget.
+                    let _ = self.ledger.record_size(&spec.image, bytes);
+                    if let Err(reason) = self.admit(target) {
+                        self.errors.insert(name.clone(), reason);
+                        let _ = engine.remove_image(&spec.image).await;
+                        return Ok(false);
+                    }
                 }
             }
             Err(ImageError::Tampered(reason)) => return Err(reason),

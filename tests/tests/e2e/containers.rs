@@ -652,7 +652,7 @@ fn a_release_pinned_by_digest_is_pulled_from_a_registry() {
     let volume = server.root().join("volume");
     std::fs::create_dir_all(&volume).unwrap();
     let port = free_port();
-    let _agent = joined_agent(&server, &site);
+    let agent = joined_agent(&server, &site);
     let file = write(
         server.root(),
         "v1.toml",
@@ -668,6 +668,44 @@ fn a_release_pinned_by_digest_is_pulled_from_a_registry() {
         web_containers(&site)[0]["Config"]["Image"],
         reference.as_str()
     );
+
+    // The site's disk budget counts a pulled image once its size is known: v2's image
+    // does not fit, so it is refused and removed, and v1 keeps running.
+    let bigger = TestImage::build(server.root(), &unique("web"), &"x".repeat(64 << 10));
+    let bigger_reference = registry.push(&bigger);
+    let _cleanup_bigger = Cleanup {
+        sites: vec![],
+        images: vec![bigger.id.clone(), bigger_reference.clone()],
+        containers: vec![],
+    };
+    let state_dir = agent.state_dir.clone();
+    let v1_size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", &reference])
+        .parse()
+        .unwrap();
+    std::fs::write(
+        state_dir.join("site-policy.toml"),
+        format!("[budget]\ndisk = \"{}\"\n", v1_size + 1024),
+    )
+    .unwrap();
+    wait::until(LIMIT, "the agent to load the new site policy", || {
+        agent.log().contains("site policy reloaded").then_some(())
+    });
+    let file = write(
+        server.root(),
+        "v2.toml",
+        &web("2", &bigger_reference, port, &volume, "/", "30s"),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap()])
+        .ok();
+    assign(&server, &site, "2");
+    let refused = service(&server, &site, "2 refused by the disk budget", |w| {
+        w["phase"] == "refused" && w["desired"] == "2"
+    });
+    let why = refused["last_error"].as_str().unwrap();
+    assert!(why.contains("disk budget"), "{why}");
+    assert_eq!(http_get(port).as_deref(), Some("hello from 1"));
+    assert!(!image_held(&bigger.id), "the refused image was removed");
 }
 
 #[test]

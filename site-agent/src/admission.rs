@@ -2,16 +2,14 @@
 //! the site admin (or the installer), never by the central team.
 //!
 //! ```toml
-//! [images]
+//! [admission]
 //! allowed_registries = ["registry.example.org", "archive"]  # "archive": shipped with releases
 //! require_digest = true          # registry images must be pinned by digest
-//!
-//! [containers]
 //! allow_privileged = false
 //! allow_host_network = false
 //!
 //! [budget]                       # what the central team's services may use here, together
-//! cpus = 4.0
+//! cpus = 4
 //! memory = "8GiB"
 //! disk = "50GiB"                 # image archives shipped, and registry images once pulled
 //! ```
@@ -73,31 +71,32 @@ impl Default for SitePolicy {
 #[serde(deny_unknown_fields)]
 struct Raw {
     #[serde(default)]
-    images: RawImages,
-    #[serde(default)]
-    containers: RawContainers,
+    admission: RawAdmission,
     #[serde(default)]
     budget: RawBudget,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawImages {
+struct RawAdmission {
     allowed_registries: Option<Vec<String>>,
     require_digest: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawContainers {
     allow_privileged: Option<bool>,
     allow_host_network: Option<bool>,
+}
+
+/// CPUs as the site admin writes them: `8` or `0.5`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Cpus {
+    Whole(i64),
+    Fraction(f64),
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBudget {
-    cpus: Option<toml::Spanned<f64>>,
+    cpus: Option<toml::Spanned<Cpus>>,
     memory: Option<toml::Spanned<String>>,
     disk: Option<toml::Spanned<String>>,
 }
@@ -122,19 +121,26 @@ pub fn parse(file: &str, text: &str) -> Result<SitePolicy, String> {
             }
         };
     let cpus = match &raw.budget.cpus {
-        Some(c) if !(c.get_ref().is_finite() && *c.get_ref() > 0.0) => {
-            return Err(format!(
-                "{file}:{}: budget.cpus: a positive number of CPUs",
-                line_of(c.span().start + 1)
-            ));
+        None => None,
+        Some(c) => {
+            let value = match c.get_ref() {
+                Cpus::Whole(n) => *n as f64,
+                Cpus::Fraction(x) => *x,
+            };
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!(
+                    "{file}:{}: budget.cpus: a positive number of CPUs",
+                    line_of(c.span().start + 1)
+                ));
+            }
+            Some(value)
         }
-        other => other.as_ref().map(|c| *c.get_ref()),
     };
     Ok(SitePolicy {
-        allowed_registries: raw.images.allowed_registries,
-        require_digest: raw.images.require_digest.unwrap_or(true),
-        allow_privileged: raw.containers.allow_privileged.unwrap_or(false),
-        allow_host_network: raw.containers.allow_host_network.unwrap_or(false),
+        allowed_registries: raw.admission.allowed_registries,
+        require_digest: raw.admission.require_digest.unwrap_or(true),
+        allow_privileged: raw.admission.allow_privileged.unwrap_or(false),
+        allow_host_network: raw.admission.allow_host_network.unwrap_or(false),
         cpus,
         memory: size(&raw.budget.memory, "memory")?,
         disk: size(&raw.budget.disk, "disk")?,
@@ -353,11 +359,11 @@ mod tests {
     fn a_bad_edit_names_its_line() {
         let error = parse(
             "p.toml",
-            "[images]\nrequire_digest = true\n\n[budget]\nmemory = \"lots\"\n",
+            "[admission]\nrequire_digest = true\n\n[budget]\nmemory = \"lots\"\n",
         )
         .unwrap_err();
         assert!(error.starts_with("p.toml:5: budget.memory"), "{error}");
-        let error = parse("p.toml", "[images]\nallow_everything = true\n").unwrap_err();
+        let error = parse("p.toml", "[admission]\nallow_everything = true\n").unwrap_err();
         assert!(error.starts_with("p.toml:2:"), "{error}");
         assert!(error.contains("allow_everything"), "{error}");
     }
@@ -366,7 +372,7 @@ mod tests {
     fn registries_privileges_and_budgets_are_enforced() {
         let policy = parse(
             "p.toml",
-            "[images]\nallowed_registries = [\"registry.example.org\"]\n[budget]\ncpus = 2.0\nmemory = \"1GiB\"\n",
+            "[admission]\nallowed_registries = [\"registry.example.org\"]\n[budget]\ncpus = 2\nmemory = \"1GiB\"\n",
         )
         .unwrap();
         let fits = release("cpus = 1.0\nmemory = \"512MiB\"");
@@ -406,6 +412,18 @@ mod tests {
             error.contains("images from docker.io are not allowed"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = "[admission]\nallowed_registries = [\"registry.example.org\"]\nrequire_digest = true\nallow_privileged = false\nallow_host_network = false\n\n[budget]\ncpus = 8\nmemory = \"32GiB\"\ndisk = \"200GiB\"\n";
+        let policy = parse("site-policy.toml", text).unwrap();
+        assert_eq!(policy.cpus, Some(8.0));
+        assert_eq!(policy.memory, Some(32 << 30));
+        assert_eq!(policy.disk, Some(200 << 30));
+        assert!(parse("p.toml", "[budget]\ncpus = 0.5\n").is_ok());
+        let error = parse("p.toml", "\n[budget]\ncpus = -1\n").unwrap_err();
+        assert!(error.starts_with("p.toml:3: budget.cpus"), "{error}");
     }
 
     #[test]

@@ -521,7 +521,7 @@ fn the_site_policy_refuses_what_the_site_does_not_allow_and_reloads_by_itself() 
     let policy = agent.state_dir.join("site-policy.toml");
     std::fs::write(
         &policy,
-        "[images]\nallowed_registries = [\"registry.example.org\"]\n",
+        "[admission]\nallowed_registries = [\"registry.example.org\"]\n",
     )
     .unwrap();
     let mut agent = agent;
@@ -544,7 +544,7 @@ fn the_site_policy_refuses_what_the_site_does_not_allow_and_reloads_by_itself() 
     // The site admin allows archives within a budget: picked up without a restart.
     std::fs::write(
         &policy,
-        "[images]\nallowed_registries = [\"archive\"]\n\n[budget]\ncpus = 1.0\nmemory = \"48MiB\"\n",
+        "[admission]\nallowed_registries = [\"archive\"]\n\n[budget]\ncpus = 1.0\nmemory = \"48MiB\"\n",
     )
     .unwrap();
     answers(port, "hello from 1");

@@ -33,6 +33,7 @@ pub mod fleet;
 pub mod model;
 pub mod operators;
 pub mod plane;
+pub mod policy;
 pub mod releases;
 pub mod serve;
 pub mod server;

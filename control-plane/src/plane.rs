@@ -39,6 +39,8 @@ pub struct ControlPlane {
     pub image: ImageRepo,
     /// The director repository (desired state per site).
     pub director: Director,
+    /// The rollout policies in force.
+    pub policies: Arc<crate::policy::set::Policies>,
 }
 
 /// A Unix timestamp as RFC 3339 (UTC), the time format of the API and CLI.

@@ -48,6 +48,7 @@ pub async fn publish(
         ImageSource::Registry
     };
     let release = manifest::parse(file, text, source)?;
+    check_placement(file, text, &release)?;
     let archive = match archive {
         Some(uploaded) => Some(archive_record(cp, &release, uploaded)?),
         None => None,
@@ -87,6 +88,34 @@ pub async fn publish(
     cp.store.flush()?;
     tracing::info!(service = %record.service, version = %record.version, signed_by = %record.signed_by, "release published");
     Ok(record)
+}
+
+/// Checks the release's `[placement] require` expression (the manifest parser, which
+/// sites run too, does not evaluate expressions): an expression that does not parse or
+/// calls an unknown function is refused with its line in the manifest.
+pub fn check_placement(
+    file: &str,
+    text: &str,
+    release: &Release,
+) -> Result<(), manifest::ManifestError> {
+    let Some(require) = &release.placement.require else {
+        return Ok(());
+    };
+    let Err(error) = crate::policy::selector::Selector::compile(require) else {
+        return Ok(());
+    };
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("require"))
+        .map_or(1, |i| i + 1);
+    Err(manifest::ManifestError {
+        file: file.to_owned(),
+        problems: vec![manifest::Problem {
+            line,
+            field: "placement.require".into(),
+            message: format!("the expression {error}"),
+        }],
+    })
 }
 
 /// The image-repository entries of a release: its archive (if any), then its manifest,

@@ -15,6 +15,7 @@ use crate::client::config::user_client_file;
 use crate::datadir::{DataDir, load_or_create_keys};
 use crate::model::Role;
 use crate::plane::{ControlPlane, Settings};
+use crate::policy::set::Policies;
 use crate::server::{Listeners, run};
 use crate::store::{SledStore, Store};
 use crate::tuf::Lifetimes;
@@ -144,10 +145,19 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut created = keys.created.clone();
     created.extend(image_created);
     created.extend(director_created);
+    let policies_dir = args
+        .policies
+        .clone()
+        .unwrap_or_else(|| dir.root().join("policies"));
+    let policies = Policies::open(&policies_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    policies
+        .watch()
+        .map_err(|e| anyhow::anyhow!("cannot watch the policies directory: {e}"))?;
     let cp = Arc::new(ControlPlane {
         store,
         image,
         director,
+        policies: policies.clone(),
         ca: keys.ca,
         fleet: Default::default(),
         settings: Settings {
@@ -167,6 +177,16 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("  API (HTTPS):     {api_url}  (listening on {http_addr})");
     println!("  CA sha256:       {}", hex(&cp.ca.fingerprint()));
+    let snapshot = policies.snapshot();
+    println!(
+        "  policies:        {}  ({} rollout policies{})",
+        policies_dir.display(),
+        snapshot.rollouts().count(),
+        match snapshot.rejected.len() {
+            0 => String::new(),
+            n => format!(", {n} rejected file(s): see `continuum policies`"),
+        }
+    );
     if !created.is_empty() {
         println!("  created:         {}", created.join(", "));
     }

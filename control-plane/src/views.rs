@@ -307,3 +307,128 @@ pub struct DirectorRotated {
     /// Sites whose desired state was signed again.
     pub sites_resigned: usize,
 }
+
+/// The policies in force, as `continuum policies` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoliciesView {
+    /// The policies directory.
+    pub dir: String,
+    /// Rollout strategies.
+    pub rollouts: Vec<RolloutPolicyView>,
+    /// Maintenance windows.
+    pub windows: Vec<WindowView>,
+    /// Fleet-wide exclusions.
+    pub excludes: Vec<ExcludeView>,
+    /// Files rejected at the last load (their previous version, if any, stays in force).
+    pub rejected: Vec<crate::policy::file::Rejection>,
+}
+
+/// One rollout strategy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutPolicyView {
+    /// Its name.
+    pub name: String,
+    /// The file it is in.
+    pub file: String,
+    /// Its waves, in order.
+    pub waves: Vec<WaveView>,
+    /// Bake time after each wave.
+    pub bake: String,
+    /// How long a site must be healthy to count as done.
+    pub healthy_for: String,
+    /// Most sites updating at once.
+    pub max_parallel: u32,
+    /// Failed sites tolerated.
+    pub failure_budget: u32,
+    /// `pause` or `rollback`.
+    pub on_failure: String,
+}
+
+/// One wave.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WaveView {
+    /// Its name.
+    pub name: String,
+    /// `count N` or `N%` (cumulative).
+    pub size: String,
+    /// The sites it may take, if restricted.
+    pub select: Option<String>,
+}
+
+/// One maintenance window.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WindowView {
+    /// The file it is in.
+    pub file: String,
+    /// The sites it applies to (all when absent).
+    pub select: Option<String>,
+    /// Days, hours and time zone.
+    pub when: String,
+}
+
+/// One exclusion.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExcludeView {
+    /// The file it is in.
+    pub file: String,
+    /// The sites it excludes.
+    pub select: String,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+impl PoliciesView {
+    /// What `policies` holds now.
+    pub fn new(policies: &crate::policy::set::Policies) -> Self {
+        use crate::policy::file::{OnFailure, WaveSize};
+        let snapshot = policies.snapshot();
+        let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        PoliciesView {
+            dir: policies.dir().display().to_string(),
+            rollouts: snapshot
+                .rollouts()
+                .map(|r| RolloutPolicyView {
+                    name: r.name.clone(),
+                    file: r.file.clone(),
+                    waves: r
+                        .waves
+                        .iter()
+                        .map(|w| WaveView {
+                            name: w.name.clone(),
+                            size: match w.size {
+                                WaveSize::Count(n) => format!("count {n}"),
+                                WaveSize::Percent(p) => format!("{p}%"),
+                            },
+                            select: w.select.as_ref().map(|s| s.text().to_owned()),
+                        })
+                        .collect(),
+                    bake: human(r.bake),
+                    healthy_for: human(r.healthy_for),
+                    max_parallel: r.max_parallel,
+                    failure_budget: r.failure_budget,
+                    on_failure: match r.on_failure {
+                        OnFailure::Pause => "pause".into(),
+                        OnFailure::Rollback => "rollback".into(),
+                    },
+                })
+                .collect(),
+            windows: snapshot
+                .windows()
+                .map(|w| WindowView {
+                    file: w.file.clone(),
+                    select: w.select.as_ref().map(|s| s.text().to_owned()),
+                    when: w.text.clone(),
+                })
+                .collect(),
+            excludes: snapshot
+                .excludes()
+                .map(|x| ExcludeView {
+                    file: x.file.clone(),
+                    select: x.select.text().to_owned(),
+                    reason: x.reason.clone(),
+                })
+                .collect(),
+            rejected: snapshot.rejected.clone(),
+        }
+    }
+}

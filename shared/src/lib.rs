@@ -2,7 +2,7 @@
 //! site agent and the control plane, how its messages are framed, what a join token
 //! carries, and how each side proves who it is over TLS.
 //!
-//! Everything here except [`link`] and [`tls`] is plain functions over bytes and values:
+//! Everything here except [`link`], [`tls`] and [`watch`] is plain functions over bytes and values:
 //! no sockets and no clock, so it is unit-tested and fuzzed without a network.
 //!
 //! # Layout
@@ -16,7 +16,8 @@
 //! - [`tls`]: the rustls crypto provider, the CA-pinning verifier used at join, QUIC configs.
 //! - [`link`]: the transport seam: a connection that opens and accepts framed streams.
 //! - [`backoff`]: jittered exponential backoff for reconnects.
-//! - [`files`]: private (0600) files written atomically.
+//! - [`files`]: private (0600) files written atomically, streams written hashed.
+//! - [`watch`]: a directory watched for edits, for files reloaded by themselves.
 //! - [`error`]: the errors of all of the above.
 
 pub mod backoff;
@@ -30,6 +31,7 @@ pub mod names;
 pub mod protocol;
 pub mod tls;
 pub mod token;
+pub mod watch;
 
 /// Seconds since the Unix epoch, the one timestamp format on the wire and in storage.
 pub fn unix_now() -> i64 {

@@ -19,7 +19,6 @@
 //! parse or check is rejected with its line and reason, and the previous policy stays.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use continuum_shared::manifest::units::parse_size;
 use serde::{Deserialize, Serialize};
@@ -294,28 +293,12 @@ pub fn watch(
     state_dir: PathBuf,
     policy: watch::Sender<SitePolicy>,
     errors: watch::Sender<Option<String>>,
-) -> Result<notify::RecommendedWatcher, String> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|n| n == FILE))
-        {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    watcher
-        .watch(&state_dir, RecursiveMode::NonRecursive)
-        .map_err(|e| e.to_string())?;
+) -> Result<(), String> {
+    let mut changes = continuum_shared::watch::watch_dir(&state_dir, |p| {
+        p.file_name().is_some_and(|n| n == FILE)
+    })?;
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let an editor finish writing before reading.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
+        while changes.next().await.is_some() {
             match load(&state_dir) {
                 Ok(new) => {
                     errors.send_replace(None);
@@ -334,7 +317,7 @@ pub fn watch(
             }
         }
     });
-    Ok(watcher)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -50,17 +50,9 @@ pub async fn run(
     let (reports_tx, reports) = tokio::sync::watch::channel(crate::deploy::Reports::new());
     let (policy_tx, policy) = tokio::sync::watch::channel(site_policy(&options.state_dir));
     let (policy_errors, _) = tokio::sync::watch::channel(None);
-    let _policy_watcher = match crate::admission::watch(
-        options.state_dir.clone(),
-        policy_tx,
-        policy_errors,
-    ) {
-        Ok(watcher) => Some(watcher),
-        Err(e) => {
-            warn!(error = %e, "cannot watch the site policy file; changes apply at the next start");
-            None
-        }
-    };
+    if let Err(e) = crate::admission::watch(options.state_dir.clone(), policy_tx, policy_errors) {
+        warn!(error = %e, "cannot watch the site policy file; changes apply at the next start");
+    }
     let reconciler = match options.deploy.clone() {
         Some(settings) => {
             let reconciler = Reconciler::new(

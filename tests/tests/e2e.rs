@@ -9,6 +9,7 @@ mod e2e {
     mod hostile;
     mod lifecycle;
     mod operators;
+    mod policies;
     mod protocol;
     mod trust;
 }

@@ -232,6 +232,17 @@ pub async fn backup(State(cp): Cp, caller: Caller) -> Result<impl IntoResponse, 
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], archive))
 }
 
+/// The rollout policies in force, and any policy file rejected with its line and
+/// reason.
+#[utoipa::path(get, path = "/v1/policies", responses((status = 200, body = crate::views::PoliciesView)))]
+pub async fn policies(
+    State(cp): Cp,
+    caller: Caller,
+) -> Result<Json<crate::views::PoliciesView>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    Ok(Json(crate::views::PoliciesView::new(&cp.policies)))
+}
+
 /// Every published release.
 #[utoipa::path(get, path = "/v1/releases", responses((status = 200, body = [ReleaseRecord])))]
 pub async fn list_releases(

@@ -45,6 +45,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             get(handlers::list_releases).post(handlers::publish_release),
         )
         .route("/v1/archives", post(handlers::upload_archive))
+        .route("/v1/policies", get(handlers::policies))
         .route("/v1/repository/image/targets", get(handlers::signing_base))
         .route("/v1/sites/{name}/assign", post(handlers::assign))
         .route("/v1/sites/{name}/desired", get(handlers::get_desired))
@@ -87,6 +88,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::list_releases,
         handlers::publish_release,
         handlers::upload_archive,
+        handlers::policies,
         handlers::signing_base,
         handlers::assign,
         handlers::get_desired,
@@ -114,6 +116,12 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::TrustReport,
         crate::views::ReleasePublish,
         crate::views::ArchiveUploaded,
+        crate::views::PoliciesView,
+        crate::views::RolloutPolicyView,
+        crate::views::WaveView,
+        crate::views::WindowView,
+        crate::views::ExcludeView,
+        crate::policy::file::Rejection,
         crate::views::SigningBase,
         crate::views::Assign,
         crate::views::KeysView,
@@ -163,6 +171,7 @@ mod tests {
             "/v1/backup",
             "/v1/releases",
             "/v1/archives",
+            "/v1/policies",
             "/v1/repository/image/targets",
             "/v1/sites/{name}/assign",
             "/v1/sites/{name}/desired",

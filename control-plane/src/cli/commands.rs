@@ -48,6 +48,7 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         }
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
+        Command::Policies => policies(&api, out).await,
         Command::Keys(command) => super::keys::run(&api, out, command).await,
         Command::Site(SiteCommand::Assign {
             site,
@@ -242,6 +243,68 @@ fn service_summary(site: &SiteView) -> String {
         (n, 0) => n.to_string(),
         (n, f) => format!("{n} ({f} failing)"),
     }
+}
+
+async fn policies(api: &ApiClient, out: Output) -> anyhow::Result<()> {
+    let view: crate::views::PoliciesView = api.get("/v1/policies").await?;
+    if out == Output::Json {
+        print(out, &view, &[], vec![]);
+        return Ok(());
+    }
+    println!("policies directory: {}", view.dir);
+    let rows = view
+        .rollouts
+        .iter()
+        .map(|r| {
+            let waves = r
+                .waves
+                .iter()
+                .map(|w| match &w.select {
+                    Some(s) => format!("{} {} [{s}]", w.name, w.size),
+                    None => format!("{} {}", w.name, w.size),
+                })
+                .collect::<Vec<_>>()
+                .join(" → ");
+            vec![
+                r.name.clone(),
+                waves,
+                r.bake.clone(),
+                r.max_parallel.to_string(),
+                format!("{} then {}", r.failure_budget, r.on_failure),
+                r.file.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print!(
+        "{}",
+        table(
+            &["ROLLOUT", "WAVES", "BAKE", "PARALLEL", "FAILURES", "FILE"],
+            &rows
+        )
+    );
+    for w in &view.windows {
+        println!(
+            "window: {} for {} ({})",
+            w.when,
+            w.select.as_deref().unwrap_or("all sites"),
+            w.file
+        );
+    }
+    for x in &view.excludes {
+        println!(
+            "exclude: {}{} ({})",
+            x.select,
+            x.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            x.file
+        );
+    }
+    for r in &view.rejected {
+        println!("REJECTED {}:{}: {}", r.file, r.line, r.reason);
+    }
+    Ok(())
 }
 
 fn show_site(out: Output, site: &SiteView) {

@@ -76,6 +76,8 @@ pub enum Command {
     Release(ReleaseCommand),
     /// List published releases.
     Releases,
+    /// Show the rollout policies in force and any rejected policy files.
+    Policies,
     /// The signing keys of the release and desired-state repositories.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -131,6 +133,10 @@ pub struct ServeArgs {
     /// Page cache of the state store, in MiB.
     #[arg(long, default_value_t = 64)]
     pub state_cache_mb: u64,
+    /// The policies directory (rollout strategies, windows, exclusions), reloaded when
+    /// it changes. Default: `<data dir>/policies`, created with the default policy.
+    #[arg(long, env = "CONTINUUM_POLICIES")]
+    pub policies: Option<PathBuf>,
 }
 
 /// `continuum site …`.

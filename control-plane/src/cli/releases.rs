@@ -44,6 +44,8 @@ async fn publish(
     };
     // Every problem is reported here, before anything is signed or sent.
     let release = manifest::parse(&shown, &text, source).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::releases::check_placement(&shown, &text, &release)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (uploaded, archive) = match image_archive {
         Some(path) => {
             let (uploaded, archive) = upload_archive(api, &release, path).await?;

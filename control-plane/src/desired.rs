@@ -72,6 +72,44 @@ pub async fn assign(
     apply(cp, desired, actor).await
 }
 
+/// Sets the release of `service` that `site` should run, as a rollout does (`None`
+/// takes the service off the site). Nothing changes, and no generation is spent, when
+/// the site already has that.
+pub async fn set_release(
+    cp: &ControlPlane,
+    site: &str,
+    service: &str,
+    version: Option<&str>,
+    actor: &str,
+) -> Result<(), DesiredError> {
+    let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
+        site: site.to_owned(),
+        generation: 0,
+        releases: BTreeMap::new(),
+        updated_at: String::new(),
+        updated_by: String::new(),
+    });
+    let current = desired.releases.get(service).map(|r| r.version.as_str());
+    if current == version {
+        return Ok(());
+    }
+    match version {
+        Some(version) => {
+            desired.releases.insert(
+                service.to_owned(),
+                DesiredRelease {
+                    version: version.to_owned(),
+                    pinned: false,
+                },
+            );
+        }
+        None => {
+            desired.releases.remove(service);
+        }
+    }
+    apply(cp, desired, actor).await.map(drop)
+}
+
 /// Signs `desired` as the site's next generation, stores it and tells the site.
 async fn apply(
     cp: &ControlPlane,

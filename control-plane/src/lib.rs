@@ -35,6 +35,7 @@ pub mod operators;
 pub mod plane;
 pub mod policy;
 pub mod releases;
+pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod sites;

@@ -169,6 +169,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: dir.clone(),
     });
 
+    crate::rollout::controller::spawn(cp.clone());
     println!("Continuum control plane {}", env!("CARGO_PKG_VERSION"));
     println!("  data directory:  {}", dir.root().display());
     println!(

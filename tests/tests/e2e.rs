@@ -11,5 +11,6 @@ mod e2e {
     mod operators;
     mod policies;
     mod protocol;
+    mod rollouts;
     mod trust;
 }

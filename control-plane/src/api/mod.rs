@@ -8,6 +8,7 @@ mod auth;
 mod error;
 mod handlers;
 mod https;
+pub mod rollouts;
 
 use std::sync::Arc;
 
@@ -46,6 +47,10 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         )
         .route("/v1/archives", post(handlers::upload_archive))
         .route("/v1/policies", get(handlers::policies))
+        .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
+        .route("/v1/rollouts/plan", post(rollouts::plan))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
+        .route("/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/v1/repository/image/targets", get(handlers::signing_base))
         .route("/v1/sites/{name}/assign", post(handlers::assign))
         .route("/v1/sites/{name}/desired", get(handlers::get_desired))
@@ -89,6 +94,11 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::publish_release,
         handlers::upload_archive,
         handlers::policies,
+        rollouts::plan,
+        rollouts::start,
+        rollouts::list,
+        rollouts::get,
+        rollouts::act,
         handlers::signing_base,
         handlers::assign,
         handlers::get_desired,
@@ -122,6 +132,13 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::views::WindowView,
         crate::views::ExcludeView,
         crate::policy::file::Rejection,
+        rollouts::RolloutStart,
+        rollouts::RolloutPlan,
+        crate::rollout::Rollout,
+        crate::rollout::Gates,
+        crate::rollout::WaveRun,
+        crate::rollout::RolloutState,
+        crate::rollout::SiteProgress,
         crate::views::SigningBase,
         crate::views::Assign,
         crate::views::KeysView,
@@ -172,6 +189,10 @@ mod tests {
             "/v1/releases",
             "/v1/archives",
             "/v1/policies",
+            "/v1/rollouts",
+            "/v1/rollouts/plan",
+            "/v1/rollouts/{id}",
+            "/v1/rollouts/{id}/{action}",
             "/v1/repository/image/targets",
             "/v1/sites/{name}/assign",
             "/v1/sites/{name}/desired",

@@ -49,6 +49,25 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
         Command::Policies => policies(&api, out).await,
+        Command::Site(SiteCommand::Desired { name }) => {
+            let desired: crate::model::DesiredRecord = api
+                .get(&format!("/v1/sites/{}/desired", path_segment(&name)?))
+                .await?;
+            let rows = desired
+                .releases
+                .iter()
+                .map(|(service, r)| {
+                    vec![
+                        service.clone(),
+                        r.version.clone(),
+                        if r.pinned { "pinned" } else { "rollout" }.to_owned(),
+                    ]
+                })
+                .collect();
+            print(out, &desired, &["SERVICE", "VERSION", "BY"], rows);
+            Ok(())
+        }
+        Command::Rollout(command) => super::rollouts::run(&api, out, command).await,
         Command::Keys(command) => super::keys::run(&api, out, command).await,
         Command::Site(SiteCommand::Assign {
             site,

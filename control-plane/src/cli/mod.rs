@@ -5,6 +5,7 @@ mod commands;
 mod keys;
 mod output;
 mod releases;
+mod rollouts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +79,9 @@ pub enum Command {
     Releases,
     /// Show the rollout policies in force and any rejected policy files.
     Policies,
+    /// Move a service to a release across the fleet, in waves.
+    #[command(subcommand)]
+    Rollout(rollouts::RolloutCommand),
     /// The signing keys of the release and desired-state repositories.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -144,6 +148,11 @@ pub struct ServeArgs {
 pub enum SiteCommand {
     /// Show one site.
     Show {
+        /// Site name.
+        name: String,
+    },
+    /// Show what a site should run (its signed desired state).
+    Desired {
         /// Site name.
         name: String,
     },

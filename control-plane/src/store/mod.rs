@@ -36,11 +36,13 @@ pub enum Tree {
     Releases,
     /// Each site's desired state by site name.
     Desired,
+    /// Rollouts by id (sortable: the newest last).
+    Rollouts,
 }
 
 impl Tree {
     /// Every tree, for backup and restore.
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Sites,
         Tree::CertIndex,
         Tree::Tokens,
@@ -50,6 +52,7 @@ impl Tree {
         Tree::Meta,
         Tree::Releases,
         Tree::Desired,
+        Tree::Rollouts,
     ];
 
     /// The tree's name on disk and in backups.
@@ -64,6 +67,7 @@ impl Tree {
             Tree::Meta => "meta",
             Tree::Releases => "releases",
             Tree::Desired => "desired",
+            Tree::Rollouts => "rollouts",
         }
     }
 

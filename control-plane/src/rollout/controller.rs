@@ -1,0 +1,313 @@
+//! Starting rollouts, operators' commands on them, and the loop that steps every active
+//! rollout each second and makes the desired-state changes the step decides. Every
+//! change is stored before the next step, so a restarted control plane continues where
+//! it stopped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use continuum_shared::unix_now;
+use tracing::{info, warn};
+
+use super::plan::{Candidate, Plan, plan};
+use super::step::{SiteNow, step};
+use super::{Gates, Rollout, RolloutState, SiteProgress};
+use crate::error::StoreError;
+use crate::plane::{ControlPlane, rfc3339};
+use crate::policy::selector::Selector;
+use crate::store::{StoreExt, Tree};
+use crate::{desired, releases, sites};
+
+/// One change at a time: the loop's step and operators' commands never interleave.
+static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How often active rollouts are stepped.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why a rollout command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// Bad request: no such release, policy or rollout, or a command that does not apply.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an operator can do to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop starting new sites.
+    Pause,
+    /// Continue a paused rollout.
+    Resume,
+    /// Put every site it updated back on its previous release.
+    Rollback,
+    /// Stop for good; sites keep what they run.
+    Cancel,
+}
+
+/// Plans a rollout of `service` `version` by `policy` (the release's own when absent).
+pub fn dry_run(
+    cp: &ControlPlane,
+    service: &str,
+    version: &str,
+    policy: Option<&str>,
+) -> Result<(Gates, Plan), RolloutError> {
+    let release = releases::get(cp, service, version)?.ok_or_else(|| {
+        RolloutError::Invalid(format!(
+            "release {service} {version} is not published; see `continuum releases`"
+        ))
+    })?;
+    let manifest = read_manifest(cp, &release)?;
+    let policy_name = policy.unwrap_or(&manifest.placement.rollout).to_owned();
+    let snapshot = cp.policies.snapshot();
+    let policy = snapshot.rollout(&policy_name).ok_or_else(|| {
+        RolloutError::Invalid(format!(
+            "no rollout policy named {policy_name:?} is in force; see `continuum policies`"
+        ))
+    })?;
+    let require = match &manifest.placement.require {
+        Some(text) => Some(Selector::compile(text).map_err(|e| {
+            RolloutError::Invalid(format!(
+                "the release's placement.require: the expression {e}"
+            ))
+        })?),
+        None => None,
+    };
+    let candidates: Vec<Candidate> = sites::list(cp)?
+        .into_iter()
+        .map(|s| Candidate {
+            labels: s.labels(),
+            revoked: s.revoked_at.is_some(),
+            name: s.name,
+        })
+        .collect();
+    let planned = plan(
+        service,
+        version,
+        &candidates,
+        require.as_ref(),
+        &snapshot.excludes().collect::<Vec<_>>(),
+        policy,
+    );
+    let gates = Gates {
+        policy: policy.name.clone(),
+        bake_secs: policy.bake.as_secs(),
+        healthy_for_secs: policy.healthy_for.as_secs(),
+        max_parallel: policy.max_parallel,
+        failure_budget: policy.failure_budget,
+        on_failure: policy.on_failure,
+    };
+    Ok((gates, planned))
+}
+
+fn read_manifest(
+    cp: &ControlPlane,
+    release: &crate::model::ReleaseRecord,
+) -> Result<continuum_shared::manifest::Release, RolloutError> {
+    let bytes = cp
+        .image
+        .blob(&release.sha256)
+        .and_then(|path| std::fs::read(path).ok())
+        .ok_or_else(|| {
+            RolloutError::Invalid(format!(
+                "the manifest of {} {} is missing from the repository",
+                release.service, release.version
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&bytes);
+    continuum_shared::manifest::parse(
+        &release.target,
+        &text,
+        continuum_shared::manifest::ImageSource::Archive,
+    )
+    .map_err(|e| RolloutError::Invalid(e.to_string()))
+}
+
+/// Starts a rollout; a running rollout of the same service is superseded.
+pub async fn start(
+    cp: &ControlPlane,
+    service: &str,
+    version: &str,
+    policy: Option<&str>,
+    actor: &str,
+) -> Result<Rollout, RolloutError> {
+    let _one = CHANGES.lock().await;
+    let (gates, planned) = dry_run(cp, service, version, policy)?;
+    let now = unix_now();
+    let id = format!(
+        "r{:012x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    );
+    for mut old in list(cp)?
+        .into_iter()
+        .filter(|r| r.service == service && r.state.active())
+    {
+        info!(rollout = %old.id, by = %id, "rollout superseded");
+        old.state = RolloutState::Superseded(id.clone());
+        old.updated_at = now;
+        save(cp, &old)?;
+    }
+    let mut sites = BTreeMap::new();
+    let mut previous = BTreeMap::new();
+    for wave in &planned.waves {
+        for site in &wave.sites {
+            sites.insert(site.clone(), SiteProgress::Pending);
+            let had = desired::get(cp, site)?
+                .and_then(|d| d.releases.get(service).map(|r| r.version.clone()));
+            previous.insert(site.clone(), had);
+        }
+    }
+    let rollout = Rollout {
+        id,
+        service: service.to_owned(),
+        version: version.to_owned(),
+        gates,
+        waves: planned.waves,
+        excluded: planned.excluded,
+        sites,
+        previous,
+        state: RolloutState::Running,
+        wave: 0,
+        started_by: actor.to_owned(),
+        started_at: rfc3339(now),
+        updated_at: now,
+    };
+    save(cp, &rollout)?;
+    info!(rollout = %rollout.id, service, version, sites = rollout.sites.len(), "rollout started");
+    Ok(rollout)
+}
+
+/// Applies an operator's command.
+pub async fn command(
+    cp: &ControlPlane,
+    id: &str,
+    command: Command,
+) -> Result<Rollout, RolloutError> {
+    let _one = CHANGES.lock().await;
+    let mut rollout =
+        get(cp, id)?.ok_or_else(|| RolloutError::Invalid(format!("no rollout {id}")))?;
+    let next = match (command, &rollout.state) {
+        (Command::Pause, RolloutState::Running) => {
+            RolloutState::Paused("paused by an operator".into())
+        }
+        (Command::Resume, RolloutState::Paused(_)) => RolloutState::Running,
+        (Command::Rollback, s) if s.active() || *s == RolloutState::Completed => {
+            RolloutState::RollingBack("rolled back by an operator".into())
+        }
+        (Command::Cancel, s) if s.active() => RolloutState::Cancelled,
+        (_, state) => {
+            return Err(RolloutError::Invalid(format!(
+                "rollout {id} is {}; that command does not apply",
+                serde_json::to_value(state)
+                    .ok()
+                    .and_then(|v| v["state"].as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )));
+        }
+    };
+    rollout.state = next;
+    rollout.updated_at = unix_now();
+    save(cp, &rollout)?;
+    Ok(rollout)
+}
+
+/// Every rollout, oldest first.
+pub fn list(cp: &ControlPlane) -> Result<Vec<Rollout>, StoreError> {
+    cp.store.list_json(Tree::Rollouts)
+}
+
+/// One rollout.
+pub fn get(cp: &ControlPlane, id: &str) -> Result<Option<Rollout>, StoreError> {
+    cp.store.get_json(Tree::Rollouts, id.as_bytes())
+}
+
+fn save(cp: &ControlPlane, rollout: &Rollout) -> Result<(), StoreError> {
+    cp.store
+        .put_json(Tree::Rollouts, rollout.id.as_bytes(), rollout)?;
+    cp.store.flush()
+}
+
+/// Steps every active rollout each second, for as long as the runtime runs.
+pub fn spawn(cp: Arc<ControlPlane>) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = tick(&cp).await {
+                warn!(error = %e, "rollout step failed; trying again");
+            }
+        }
+    });
+}
+
+/// One step of every active rollout.
+pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
+    let _one = CHANGES.lock().await;
+    let active: Vec<Rollout> = list(cp)?.into_iter().filter(|r| r.state.active()).collect();
+    if active.is_empty() {
+        return Ok(());
+    }
+    let records: BTreeMap<String, crate::model::SiteRecord> = sites::list(cp)?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let snapshot = cp.policies.snapshot();
+    let now = jiff::Timestamp::now();
+    for mut rollout in active {
+        let fleet: BTreeMap<String, SiteNow> = rollout
+            .sites
+            .keys()
+            .map(|site| {
+                let record = records.get(site);
+                let labels = record.map(|r| r.labels()).unwrap_or_default();
+                let windows: Vec<_> = snapshot
+                    .windows()
+                    .filter(|w| w.select.as_ref().is_none_or(|s| s.matches(&labels)))
+                    .collect();
+                let view = SiteNow {
+                    online: cp.fleet.live(site).is_some(),
+                    report: record.and_then(|r| r.services.get(&rollout.service).cloned()),
+                    window_open: windows.is_empty() || windows.iter().any(|w| w.open_at(now)),
+                    lock: None,
+                };
+                (site.clone(), view)
+            })
+            .collect();
+        let before = rollout.clone();
+        let actions = step(&mut rollout, &fleet, now.as_second());
+        let actor = format!("rollout {}", rollout.id);
+        for action in actions {
+            let result = desired::set_release(
+                cp,
+                &action.site,
+                &rollout.service,
+                action.version.as_deref(),
+                &actor,
+            )
+            .await;
+            if let Err(e) = result {
+                warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");
+                // Not started after all: the next step starts it again.
+                if let Some(progress @ SiteProgress::Updating { .. }) =
+                    rollout.sites.get_mut(&action.site)
+                {
+                    *progress = SiteProgress::Pending;
+                }
+            }
+        }
+        if rollout != before {
+            if rollout.state != before.state {
+                info!(rollout = %rollout.id, state = ?rollout.state, "rollout state changed");
+            }
+            save(cp, &rollout)?;
+        }
+    }
+    Ok(())
+}

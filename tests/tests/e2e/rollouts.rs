@@ -1,0 +1,194 @@
+//! Rollouts end to end: real agents running real containers, a policy file loaded by
+//! the control plane, a two-wave rollout that completes, and a rollout of a release
+//! that fails health stopping after the canary, which returns to the previous release.
+
+use std::time::Duration;
+
+use continuum_tests::agent::Agent;
+use continuum_tests::docker::{Cleanup, ENGINE, TestImage, unique};
+use continuum_tests::releases::write;
+use continuum_tests::server::Server;
+use continuum_tests::wait;
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+const POLICY: &str = r#"[rollout.two]
+waves = [
+  { name = "first", count = 1 },
+  { name = "rest", percent = 100 },
+]
+bake = "2s"
+healthy_for = "2s"
+max_parallel = 5
+failure_budget = 0
+on_failure = "pause"
+"#;
+
+fn release(version: &str, image: &str, health_path: &str) -> String {
+    format!(
+        r#"[service]
+name = "web"
+version = "{version}"
+
+[container]
+image = "{image}"
+command = ["sh", "-c", "mkdir -p /www && echo {version} > /www/index.html && exec httpd -f -p 80 -h /www"]
+
+[health]
+http = "http://container:80{health_path}"
+interval = "1s"
+timeout = "1s"
+
+[update]
+strategy = "start-first"
+healthy_within = "5s"
+"#
+    )
+}
+
+fn rollout(server: &Server, id: &str) -> Value {
+    server.json(&["rollout", "status", id])
+}
+
+fn until_state(server: &Server, id: &str, state: &str) -> Value {
+    wait::until(LIMIT, &format!("rollout {id} {state}"), || {
+        Some(rollout(server, id)).filter(|r| r["state"]["state"] == state)
+    })
+}
+
+fn running(server: &Server, site: &str) -> Value {
+    server.site(site).unwrap()["services"]["web"]["running"].clone()
+}
+
+#[test]
+fn a_two_wave_rollout_completes_and_a_failing_release_stops_after_the_canary() {
+    let mut server = Server::start();
+    let sites = [unique("roll"), unique("roll")];
+    let image = TestImage::build(server.root(), &unique("web"), "one");
+    let _cleanup = Cleanup {
+        sites: sites.to_vec(),
+        images: vec![image.id.clone()],
+        containers: vec![],
+    };
+    let mut agents = Vec::new();
+    for site in &sites {
+        let token = server.token(site, &[]);
+        let mut agent = Agent::new(server.root(), site);
+        agent.join(&token, None).ok();
+        agent.start_with(&[
+            "--engine",
+            ENGINE,
+            "--reconcile-interval",
+            "1s",
+            "--reconnect-base",
+            "300ms",
+            "--reconnect-max",
+            "2s",
+        ]);
+        server.wait_online(site);
+        agents.push(agent);
+    }
+    std::fs::write(server.data_dir().join("policies/two.toml"), POLICY).unwrap();
+    wait::until(Duration::from_secs(20), "the policy to load", || {
+        let view = server.json(&["policies"]);
+        view["rollouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "two")
+            .then_some(())
+    });
+    for (version, path) in [("1", "/"), ("2", "/"), ("3", "/missing")] {
+        let file = write(
+            server.root(),
+            &format!("v{version}.toml"),
+            &release(version, &image.tag, path),
+        );
+        server
+            .cli(&[
+                "release",
+                "publish",
+                file.to_str().unwrap(),
+                "--image-archive",
+                image.archive.to_str().unwrap(),
+            ])
+            .ok();
+    }
+
+    for version in ["1", "2"] {
+        let plan = server.json(&[
+            "rollout",
+            "start",
+            "web",
+            version,
+            "--policy",
+            "two",
+            "--dry-run",
+        ]);
+        assert_eq!(
+            plan["waves"][0]["sites"].as_array().unwrap().len(),
+            1,
+            "{plan}"
+        );
+        let started = server.json(&["rollout", "start", "web", version, "--policy", "two"]);
+        assert_eq!(
+            started["waves"], plan["waves"],
+            "the dry run planned what the rollout does"
+        );
+        let id = started["id"].as_str().unwrap().to_owned();
+        if version == "2" {
+            // Killed mid-rollout, the control plane picks it up again after restart.
+            server.kill();
+            server.restart();
+            for site in &sites {
+                // The agents notice the dead connection at QUIC's idle timeout.
+                server.wait_online_within(site, LIMIT);
+            }
+        }
+        let done = until_state(&server, &id, "completed");
+        assert!(
+            done["sites"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|p| p["state"] == "done"),
+            "{done}"
+        );
+        for site in &sites {
+            assert_eq!(running(&server, site), version);
+        }
+    }
+
+    // 3 never becomes healthy: the canary fails, the budget (0) is spent, the rollout
+    // pauses, the canary is back on 2 and the other site never got 3.
+    let started = server.json(&["rollout", "start", "web", "3", "--policy", "two"]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let canary = started["waves"][0]["sites"][0].as_str().unwrap().to_owned();
+    let other = sites.iter().find(|s| **s != canary).unwrap();
+    let paused = until_state(&server, &id, "paused");
+    assert!(
+        paused["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failure budget"),
+        "{paused}"
+    );
+    assert_eq!(paused["sites"][&canary]["state"], "failed");
+    assert_eq!(paused["sites"][other.as_str()]["state"], "pending");
+    wait::until(LIMIT, "the canary back on 2", || {
+        (running(&server, &canary) == "2").then_some(())
+    });
+    let desired = server.json(&["site", "desired", &canary]);
+    assert_eq!(desired["releases"]["web"]["version"], "2", "{desired}");
+    assert_eq!(running(&server, other), "2");
+    let shown = server.cli(&["rollout", "status", &id]).ok().stdout;
+    assert!(
+        shown.contains("paused") && shown.contains(&format!("failed: {canary}")),
+        "{shown}"
+    );
+
+    // The operator cancels it: nothing is left in progress.
+    let cancelled = server.json(&["rollout", "cancel", &id]);
+    assert_eq!(cancelled["state"]["state"], "cancelled");
+}

@@ -55,6 +55,18 @@ pub struct SiteRecord {
     /// The state of each service at the site, as it last reported.
     #[serde(default)]
     pub services: std::collections::BTreeMap<String, continuum_shared::protocol::ServiceReport>,
+    /// The site admin's update lock, if held: rollouts wait for this site.
+    #[serde(default)]
+    pub lock: Option<SiteLock>,
+}
+
+/// An update lock held at a site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SiteLock {
+    /// Why, as the site admin said.
+    pub reason: String,
+    /// When the control plane learned of it (RFC 3339).
+    pub since: String,
 }
 
 impl SiteRecord {

@@ -75,6 +75,7 @@ pub fn join(cp: &ControlPlane, request: &JoinRequest) -> Result<IssuedCertificat
         revoked_by: None,
         trust: None,
         services: Default::default(),
+        lock: None,
     };
 
     // Claim the name atomically. A retry by the same site (same key, same token, e.g.
@@ -402,6 +403,29 @@ pub fn record_service(
     });
     if let Err(e) = result {
         tracing::warn!(site, error = %e, "could not record the site's service report");
+    }
+}
+
+/// Records the site's update lock (bounded), or its release.
+pub fn record_lock(cp: &ControlPlane, site: &str, reason: Option<&str>) {
+    let lock = reason.map(|r| crate::model::SiteLock {
+        reason: r
+            .chars()
+            .take(continuum_shared::protocol::MAX_LOCK_REASON)
+            .collect(),
+        since: crate::plane::rfc3339(unix_now()),
+    });
+    let result = cp.store.update(Tree::Sites, site.as_bytes(), &mut |old| {
+        let mut record: SiteRecord = decode(Tree::Sites, b"", old?).ok()?;
+        // Keep the time it was first seen while the reason stays the same.
+        let same = record.lock.as_ref().map(|l| &l.reason) == lock.as_ref().map(|l| &l.reason);
+        if !same {
+            record.lock = lock.clone();
+        }
+        encode(&record).ok()
+    });
+    if let Err(e) = result {
+        tracing::warn!(site, error = %e, "could not record the site's lock");
     }
 }
 

@@ -55,6 +55,8 @@ pub struct SiteView {
     /// Each service's desired and running release, phase, health and last failure.
     #[schema(value_type = Object)]
     pub services: std::collections::BTreeMap<String, continuum_shared::protocol::ServiceReport>,
+    /// The site admin's update lock, if held (rollouts wait for this site).
+    pub lock: Option<crate::model::SiteLock>,
 }
 
 impl SiteView {
@@ -85,6 +87,7 @@ impl SiteView {
             revoked_at: record.revoked_at.map(rfc3339),
             trust: record.trust.clone(),
             services: record.services.clone(),
+            lock: record.lock.clone(),
         }
     }
 }

@@ -305,7 +305,13 @@ pub enum AgentMessage {
     Trust(TrustStatus),
     /// The state of one service at the site, sent when it changes.
     Service(ServiceReport),
+    /// The site admin's update lock (`continuum-agent lock`): why updates wait, or
+    /// `None` when released. Sent at the start of a session and when it changes.
+    Lock(Option<String>),
 }
+
+/// The longest reason a site lock carries.
+pub const MAX_LOCK_REASON: usize = 256;
 
 /// The longest text (errors, log tails) a service report carries.
 pub const MAX_REPORT_TEXT: usize = 2048;

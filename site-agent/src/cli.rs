@@ -75,6 +75,14 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         reconcile_interval: Duration,
     },
+    /// Defer rollouts to this site until `unlock` (the central team sees the reason).
+    Lock {
+        /// Why, for the central team.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release the update lock.
+    Unlock,
     /// Show this site's identity and link state, from local files.
     Status {
         /// Output format.
@@ -134,6 +142,18 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                 }
                 Err(e) => Err(e),
             }
+        }
+        Command::Lock { reason } => {
+            crate::lock::take(&state_dir, &reason)?;
+            println!(
+                "locked: rollouts to this site wait until `continuum-agent unlock` ({reason})"
+            );
+            Ok(0)
+        }
+        Command::Unlock => {
+            crate::lock::release(&state_dir)?;
+            println!("unlocked: rollouts to this site may proceed");
+            Ok(0)
         }
         Command::Status { output } => {
             let identity = Identity::load(&state_dir)?;

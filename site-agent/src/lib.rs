@@ -19,7 +19,7 @@
 //!   site's containers to the verified desired state, health checks and rollback.
 //! - [`admission`]: the site's own policy file, which refuses releases the site does not
 //!   allow.
-//! - [`labels`]: facts detected about this host.
+//! - [`labels`]: facts detected about this host; [`lock`]: the site admin's update lock.
 //! - [`status`]: the status file the running agent keeps, and its display.
 //! - [`error`]: the agent's errors.
 
@@ -32,6 +32,7 @@ pub mod error;
 pub mod identity;
 pub mod join;
 pub mod labels;
+pub mod lock;
 pub mod paths;
 pub mod renew;
 pub mod run;

@@ -72,6 +72,7 @@ pub async fn run(
         slot,
         desired,
         reports,
+        lock: watch_lock(&options.state_dir),
     };
     let result = tokio::select! {
         result = connect_loop(&options, identity, &channels, &mut status) => result,
@@ -114,6 +115,35 @@ struct Channels {
     desired: tokio::sync::watch::Sender<Option<DesiredState>>,
     /// The reconciler's service reports, for the control plane.
     reports: tokio::sync::watch::Receiver<crate::deploy::Reports>,
+    /// The site admin's update lock, for the control plane.
+    lock: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// The update lock as it is now, kept current as the site admin takes or releases it.
+fn watch_lock(state_dir: &std::path::Path) -> tokio::sync::watch::Receiver<Option<String>> {
+    let read = |dir: &std::path::Path| crate::lock::read(dir).map(|l| l.reason);
+    let (tx, rx) = tokio::sync::watch::channel(read(state_dir));
+    match continuum_shared::watch::watch_dir(state_dir, |p| {
+        p.file_name().is_some_and(|n| n == crate::lock::FILE)
+    }) {
+        Ok(mut changes) => {
+            let dir = state_dir.to_owned();
+            tokio::spawn(async move {
+                while changes.next().await.is_some() {
+                    let now = read(&dir);
+                    tx.send_if_modified(|old| {
+                        let changed = *old != now;
+                        *old = now.clone();
+                        changed
+                    });
+                }
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch the update lock; changes apply at the next start")
+        }
+    }
+    rx
 }
 
 async fn connect_loop(
@@ -222,6 +252,7 @@ async fn attempt(
         slot: slot.subscribe(),
         desired: &channels.desired,
         reports: channels.reports.clone(),
+        lock: channels.lock.clone(),
     };
     let end = session::run(&connection.link, &connection.address, ctx).await;
     slot.send_replace(None);

@@ -63,6 +63,8 @@ pub struct SessionContext<'a> {
     pub desired: &'a tokio::sync::watch::Sender<Option<DesiredState>>,
     /// The reconciler's service reports.
     pub reports: tokio::sync::watch::Receiver<Reports>,
+    /// The site admin's update lock.
+    pub lock: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// Runs a session on `link` until it ends.
@@ -179,6 +181,8 @@ impl Session<'_, '_> {
         let mut next_beat = Instant::now() + interval;
         let mut renew_at = renewal_deadline(self.ctx.identity);
         self.send_reports().await?;
+        self.send_lock().await?;
+        let (mut reports_open, mut lock_open) = (true, true);
         loop {
             let retry_at = self
                 .retry_at
@@ -224,11 +228,15 @@ impl Session<'_, '_> {
                     self.verifying = None;
                     self.finish_verify(outcome).await?;
                 }
-                changed = self.ctx.reports.changed() => {
-                    if changed.is_ok() {
-                        self.send_reports().await?;
-                    }
-                }
+                // A closed channel (no reconciler, no lock watcher) is never ready again.
+                changed = self.ctx.reports.changed(), if reports_open => match changed {
+                    Ok(()) => self.send_reports().await?,
+                    Err(_) => reports_open = false,
+                },
+                changed = self.ctx.lock.changed(), if lock_open => match changed {
+                    Ok(()) => self.send_lock().await?,
+                    Err(_) => lock_open = false,
+                },
                 _ = sleep_until(retry_at), if self.retry_at.is_some() => {
                     self.retry_at = None;
                     self.maybe_verify().await;
@@ -306,6 +314,15 @@ impl Session<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Tells the control plane about the update lock as it is now.
+    async fn send_lock(&mut self) -> Result<(), AgentError> {
+        let lock = self.ctx.lock.borrow_and_update().clone();
+        self.writer
+            .send(&AgentMessage::Lock(lock))
+            .await
+            .map_err(|e| closed_or(self.link, e))
     }
 
     /// Sends the control plane each service report that changed since it last heard.

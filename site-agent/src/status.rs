@@ -161,6 +161,8 @@ pub struct StatusReport {
     pub services: crate::deploy::Reports,
     /// The site policy file as it reads now, or why it does not.
     pub site_policy: Result<crate::admission::SitePolicy, String>,
+    /// The update lock, if held.
+    pub lock: Option<crate::lock::Lock>,
 }
 
 /// When the trusted director timestamp expires, if there is one.
@@ -186,6 +188,7 @@ pub fn report(state_dir: &Path, identity: Option<&Identity>) -> StatusReport {
         desired_stale: expiry.is_some_and(|t| t < jiff::Timestamp::now()),
         services: crate::deploy::load_reports(state_dir),
         site_policy: crate::admission::load(state_dir),
+        lock: crate::lock::read(state_dir),
         site: identity.map(|i| i.site.clone()),
         state_dir: state_dir.display().to_string(),
         control_plane: identity.map(|i| i.addresses.clone()).unwrap_or_default(),
@@ -259,6 +262,16 @@ pub fn render(report: &StatusReport) -> String {
                 ));
             }
         }
+    }
+    if let Some(lock) = &report.lock {
+        lines.push((
+            "update lock",
+            format!(
+                "{} (since {}; `continuum-agent unlock` releases it)",
+                lock.reason,
+                time(lock.since)
+            ),
+        ));
     }
     match &report.site_policy {
         Ok(policy) if *policy == crate::admission::SitePolicy::default() => {

@@ -165,6 +165,10 @@ impl Session<'_> {
                 info!(generation = status.verified_generation, state = ?status.state, reason = ?status.reason, "site reported its desired state");
                 sites::record_trust(self.cp, self.site, &status);
             }
+            AgentMessage::Lock(reason) => {
+                info!(lock = ?reason, "site reported its update lock");
+                sites::record_lock(self.cp, self.site, reason.as_deref());
+            }
             AgentMessage::Service(report) => {
                 info!(service = %report.service, phase = ?report.phase, health = ?report.health, running = ?report.running, "site reported a service");
                 sites::record_service(self.cp, self.site, &report);

@@ -124,6 +124,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::DesiredRecord,
         crate::model::DesiredRelease,
         crate::model::TrustReport,
+        crate::model::SiteLock,
         crate::views::ReleasePublish,
         crate::views::ArchiveUploaded,
         crate::views::PoliciesView,

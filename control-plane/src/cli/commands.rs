@@ -217,7 +217,11 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
                 .join(",");
             vec![
                 s.name.clone(),
-                s.status.clone(),
+                if s.lock.is_some() {
+                    format!("{} (locked)", s.status)
+                } else {
+                    s.status.clone()
+                },
                 or_dash(s.agent_version.as_ref()),
                 or_dash(s.last_seen.as_ref()),
                 or_dash(s.remote_address.as_ref()),
@@ -350,6 +354,12 @@ fn show_site(out: Output, site: &SiteView) {
     ];
     if let Some(revoked) = &site.revoked_at {
         rows.push(vec!["revoked".into(), revoked.clone()]);
+    }
+    if let Some(lock) = &site.lock {
+        rows.push(vec![
+            "update lock".into(),
+            format!("{} (since {})", lock.reason, lock.since),
+        ]);
     }
     for (k, v) in &site.labels {
         rows.push(vec![format!("label {k}"), v.to_string()]);

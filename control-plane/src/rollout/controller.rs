@@ -275,7 +275,7 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
                     online: cp.fleet.live(site).is_some(),
                     report: record.and_then(|r| r.services.get(&rollout.service).cloned()),
                     window_open: windows.is_empty() || windows.iter().any(|w| w.open_at(now)),
-                    lock: None,
+                    lock: record.and_then(|r| r.lock.as_ref().map(|l| l.reason.clone())),
                 };
                 (site.clone(), view)
             })

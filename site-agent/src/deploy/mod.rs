@@ -128,6 +128,7 @@ impl Reconciler {
     /// Runs until the desired-state channel closes.
     pub async fn run(mut self) {
         let mut next_pass = Instant::now();
+        let mut policy_open = true;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_pass) => {}
@@ -136,10 +137,9 @@ impl Reconciler {
                         return;
                     }
                 }
-                changed = self.policy.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
+                // Without a policy watcher the policy never changes; keep reconciling.
+                changed = self.policy.changed(), if policy_open => {
+                    policy_open = changed.is_ok();
                 }
             }
             let busy = self.pass().await;

@@ -192,3 +192,116 @@ fn a_two_wave_rollout_completes_and_a_failing_release_stops_after_the_canary() {
     let cancelled = server.json(&["rollout", "cancel", &id]);
     assert_eq!(cancelled["state"]["state"], "cancelled");
 }
+
+#[test]
+fn a_site_lock_defers_its_update_until_released_and_is_shown_centrally() {
+    let server = Server::start();
+    let (a, b) = ("lock-a", "lock-b");
+    let mut agents = Vec::new();
+    for site in [a, b] {
+        let token = server.token(site, &[]);
+        let mut agent = Agent::new(server.root(), site);
+        agent.join(&token, None).ok();
+        agent.start();
+        server.wait_online(site);
+        agents.push(agent);
+    }
+    let lock = std::process::Command::new(continuum_tests::bins::binary("continuum-agent"))
+        .arg("--state-dir")
+        .arg(&agents[1].state_dir)
+        .args(["lock", "--reason", "kernel upgrade until Friday"])
+        .output()
+        .unwrap();
+    assert!(lock.status.success(), "{lock:?}");
+    wait::until(Duration::from_secs(20), "the lock shown centrally", || {
+        server
+            .site(b)
+            .filter(|s| s["lock"]["reason"] == "kernel upgrade until Friday")
+    });
+    assert!(
+        server
+            .cli(&["sites"])
+            .ok()
+            .stdout
+            .contains("online (locked)")
+    );
+    assert!(agents[1].status()["lock"]["reason"] == "kernel upgrade until Friday");
+
+    std::fs::write(
+        server.data_dir().join("policies/once.toml"),
+        "[rollout.once]\nwaves = [{ name = \"all\", percent = 100 }]\nmax_parallel = 5\n",
+    )
+    .unwrap();
+    wait::until(Duration::from_secs(20), "the policy", || {
+        server.json(&["policies"])["rollouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "once")
+            .then_some(())
+    });
+    let file = write(
+        server.root(),
+        "hello.toml",
+        &continuum_tests::releases::manifest("hello", "1.0.0"),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap()])
+        .ok();
+    let started = server.json(&["rollout", "start", "hello", "1.0.0", "--policy", "once"]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let waiting = wait::until(Duration::from_secs(20), "the locked site waiting", || {
+        Some(rollout(&server, &id)).filter(|r| r["sites"][b]["state"] == "waiting")
+    });
+    assert_eq!(
+        waiting["sites"][b]["reason"],
+        "locked at the site: kernel upgrade until Friday"
+    );
+    assert_eq!(waiting["sites"][a]["state"], "updating");
+    let none = server.cli(&["site", "desired", b]);
+    assert!(none.stderr.contains("no desired state"), "{none:?}");
+
+    let unlock = std::process::Command::new(continuum_tests::bins::binary("continuum-agent"))
+        .arg("--state-dir")
+        .arg(&agents[1].state_dir)
+        .arg("unlock")
+        .output()
+        .unwrap();
+    assert!(unlock.status.success());
+    wait::until(
+        Duration::from_secs(20),
+        "the released site updating",
+        || Some(rollout(&server, &id)).filter(|r| r["sites"][b]["state"] == "updating"),
+    );
+    assert_eq!(
+        server.json(&["site", "desired", b])["releases"]["hello"]["version"],
+        "1.0.0"
+    );
+    assert!(server.site(b).unwrap()["lock"].is_null());
+
+    // A newer rollout of the same service supersedes this one.
+    let file = write(
+        server.root(),
+        "hello2.toml",
+        &continuum_tests::releases::manifest("hello", "1.0.1"),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap()])
+        .ok();
+    let newer = server.json(&["rollout", "start", "hello", "1.0.1", "--policy", "once"]);
+    let old = rollout(&server, &id);
+    assert_eq!(old["state"]["state"], "superseded");
+    assert_eq!(old["state"]["reason"], newer["id"]);
+    wait::until(
+        Duration::from_secs(20),
+        "both sites told to run 1.0.1",
+        || {
+            [a, b]
+                .iter()
+                .all(|s| {
+                    server.json(&["site", "desired", s])["releases"]["hello"]["version"] == "1.0.1"
+                })
+                .then_some(())
+        },
+    );
+}

@@ -47,6 +47,8 @@ pub async fn assign(
     version: &str,
     actor: &str,
 ) -> Result<DesiredRecord, DesiredError> {
+    let lock = site_lock(site);
+    let _one = lock.lock().await;
     let record = sites::get(cp, site)?
         .ok_or_else(|| DesiredError::Site(format!("no site named {site:?}")))?;
     if record.revoked_at.is_some() {
@@ -82,6 +84,8 @@ pub async fn set_release(
     version: Option<&str>,
     actor: &str,
 ) -> Result<(), DesiredError> {
+    let lock = site_lock(site);
+    let _one = lock.lock().await;
     let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
         site: site.to_owned(),
         generation: 0,
@@ -108,6 +112,15 @@ pub async fn set_release(
         }
     }
     apply(cp, desired, actor).await.map(drop)
+}
+
+/// One change at a time per site (changes to different sites run side by side).
+fn site_lock(site: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.entry(site.to_owned()).or_default().clone()
 }
 
 /// Signs `desired` as the site's next generation, stores it and tells the site.
@@ -149,8 +162,12 @@ async fn apply(
 pub async fn resign_all(cp: &ControlPlane, actor: &str) -> Result<usize, DesiredError> {
     let all: Vec<DesiredRecord> = cp.store.list_json(Tree::Desired)?;
     let count = all.len();
-    for desired in all {
-        apply(cp, desired, actor).await?;
+    for listed in all {
+        let lock = site_lock(&listed.site);
+        let _one = lock.lock().await;
+        if let Some(desired) = get(cp, &listed.site)? {
+            apply(cp, desired, actor).await?;
+        }
     }
     Ok(count)
 }

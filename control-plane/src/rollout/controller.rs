@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use continuum_shared::unix_now;
+use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::plan::{Candidate, Plan, plan};
@@ -21,6 +22,12 @@ use crate::{desired, releases, sites};
 
 /// One change at a time: the loop's step and operators' commands never interleave.
 static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Wakes the loop at once when a rollout starts or an operator acts on one.
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Sites whose desired state is signed at once.
+const PARALLEL_SIGNING: usize = 8;
 
 /// How often active rollouts are stepped.
 const TICK: Duration = Duration::from_secs(1);
@@ -180,6 +187,7 @@ pub async fn start(
     };
     save(cp, &rollout)?;
     info!(rollout = %rollout.id, service, version, sites = rollout.sites.len(), "rollout started");
+    WAKE.notify_one();
     Ok(rollout)
 }
 
@@ -214,6 +222,7 @@ pub async fn command(
     rollout.state = next;
     rollout.updated_at = unix_now();
     save(cp, &rollout)?;
+    WAKE.notify_one();
     Ok(rollout)
 }
 
@@ -239,7 +248,10 @@ pub fn spawn(cp: Arc<ControlPlane>) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = WAKE.notified() => {}
+            }
             if let Err(e) = tick(&cp).await {
                 warn!(error = %e, "rollout step failed; trying again");
             }
@@ -283,15 +295,27 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
         let before = rollout.clone();
         let actions = step(&mut rollout, &fleet, now.as_second());
         let actor = format!("rollout {}", rollout.id);
-        for action in actions {
-            let result = desired::set_release(
-                cp,
-                &action.site,
-                &rollout.service,
-                action.version.as_deref(),
-                &actor,
-            )
+        // Sites are signed side by side: each has its own metadata.
+        let service = rollout.service.clone();
+        let results: Vec<_> = futures_util::stream::iter(actions)
+            .map(|action| {
+                let (actor, service) = (&actor, &service);
+                async move {
+                    let result = desired::set_release(
+                        cp,
+                        &action.site,
+                        service,
+                        action.version.as_deref(),
+                        actor,
+                    )
+                    .await;
+                    (action, result)
+                }
+            })
+            .buffer_unordered(PARALLEL_SIGNING)
+            .collect()
             .await;
+        for (action, result) in results {
             if let Err(e) = result {
                 warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");
                 // Not started after all: the next step starts it again.

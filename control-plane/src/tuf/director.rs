@@ -23,7 +23,9 @@ pub struct Director {
     sites: PathBuf,
     key: PathBuf,
     lifetimes: Lifetimes,
-    writer: tokio::sync::Mutex<()>,
+    /// Site changes share it (each site's files are its own); a key rotation or a
+    /// refresh of every site holds it alone.
+    writer: tokio::sync::RwLock<()>,
 }
 
 /// One release in a site's desired state.
@@ -52,7 +54,7 @@ impl Director {
             sites: base.join("sites"),
             key: data_dir.join("director.key"),
             lifetimes,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::RwLock::new(()),
         };
         let mut created = Vec::new();
         if director.roots.latest("root.json").is_none() {
@@ -96,7 +98,7 @@ impl Director {
         generation: u64,
         entries: &[Entry],
     ) -> Result<(), TufError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.read().await;
         let (root, _) = self.root()?;
         let key = SigningKey::load(&self.key)?;
         let version =
@@ -135,7 +137,7 @@ impl Director {
     /// and the new. Every site's desired state must then be signed again (see
     /// `desired::resign_all`). Returns the new root version.
     pub async fn rotate_key(&self) -> Result<u64, TufError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.write().await;
         let (current, _) = self.root()?;
         let old = SigningKey::load(&self.key)?;
         let new = SigningKey::generate()?;
@@ -166,7 +168,7 @@ impl Director {
     /// Re-signs every site's snapshot and timestamp that nears expiry. Returns how many
     /// sites were refreshed.
     pub async fn refresh_all(&self, force: bool) -> Result<usize, TufError> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.writer.write().await;
         let (root, _) = self.root()?;
         let key = SigningKey::load(&self.key)?;
         let mut refreshed = 0;

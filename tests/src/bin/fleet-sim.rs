@@ -3,7 +3,9 @@
 //!
 //! It prints how long the joins took, how long until every site was online, the
 //! control plane's resident memory, and the memory per simulated agent; it also runs
-//! one real `continuum-agent` process beside them and reports its idle RSS.
+//! one real `continuum-agent` process beside them and reports its idle RSS. Then it
+//! starts a single-wave rollout to every site and reports how long each took to verify
+//! its new desired state (p50, p99, max), and the control plane's CPU time meanwhile.
 //!
 //! Build everything in release mode first, then run it from the target directory:
 //! `cargo build --release --workspace && target/release/fleet-sim --agents 1000`.
@@ -50,6 +52,17 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU time of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -71,6 +84,93 @@ fn online(server: &Server) -> usize {
         .iter()
         .filter(|s| s["online"] == true)
         .count()
+}
+
+/// The generation of the desired state in force at an agent, and when it went into
+/// force (the file's modification time).
+fn in_force(state_dir: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
+    let path = state_dir.join("desired.json");
+    let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    Some((value["generation"].as_u64()?, modified))
+}
+
+/// Starts a single-wave rollout to every site and measures how long until each agent
+/// verified its new desired state and put it in force (the time its `desired.json` was
+/// written; nothing polls the control plane meanwhile).
+fn propagation(
+    server: &Server,
+    agents: &[std::path::PathBuf],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let sites = agents.len();
+    std::fs::write(
+        server.data_dir().join("policies/everyone.toml"),
+        format!(
+            "[rollout.everyone]\nwaves = [{{ name = \"all\", percent = 100 }}]\nmax_parallel = {}\n",
+            sites + 1
+        ),
+    )?;
+    let file = continuum_tests::releases::write(
+        server.root(),
+        "sim.toml",
+        &continuum_tests::releases::manifest("sim", "1.0.0"),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap_or_default()])
+        .ok();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !server.cli(&["policies"]).ok().stdout.contains("everyone") {
+        anyhow::ensure!(Instant::now() < until, "the policy did not load");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: Vec<u64> = agents
+        .iter()
+        .map(|d| in_force(d).map_or(0, |(g, _)| g))
+        .collect();
+    let started = std::time::SystemTime::now();
+    let clock = Instant::now();
+    server
+        .cli(&["rollout", "start", "sim", "1.0.0", "--policy", "everyone"])
+        .ok();
+    let times = loop {
+        anyhow::ensure!(clock.elapsed() < limit, "not every site verified in time");
+        std::thread::sleep(Duration::from_millis(250));
+        let now: Vec<Option<Duration>> = agents
+            .iter()
+            .zip(&before)
+            .map(|(dir, old)| {
+                in_force(dir)
+                    .filter(|(g, _)| g > old)
+                    .map(|(_, at)| at.duration_since(started).unwrap_or_default())
+            })
+            .collect();
+        if now.iter().all(Option::is_some) {
+            break now.into_iter().flatten().collect::<Vec<_>>();
+        }
+    };
+    let mut times = times;
+    times.sort();
+    let pick = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    println!(
+        "  rollout propagation: {sites} sites verified the new desired state: p50 {:.2} s, p99 {:.2} s, max {:.2} s after `rollout start`",
+        pick(0.5).as_secs_f64(),
+        pick(0.99).as_secs_f64(),
+        pick(1.0).as_secs_f64()
+    );
+    let log = server.log();
+    let signed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("desired state signed"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    if let (Some(first), Some(last)) = (signed.first(), signed.last()) {
+        println!(
+            "  signing:             {} sites, first at {first}, last at {last}",
+            signed.len()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -177,6 +277,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  one real agent RSS:  {:.1} MiB (idle `continuum-agent run`)",
         agent_kib as f64 / 1024.0
+    );
+
+    let cpu_before = cpu_ticks(server_pid);
+    let dirs: Vec<_> = (0..n).map(|i| root.join(format!("a{i:05}"))).collect();
+    propagation(&server, &dirs, Duration::from_secs(args.limit_secs))?;
+    println!(
+        "  control plane CPU:   {:.2} s during the rollout",
+        (cpu_ticks(server_pid) - cpu_before) as f64 / 100.0
     );
 
     let _ = stop.send(true);

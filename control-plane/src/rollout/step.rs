@@ -107,8 +107,8 @@ fn track(
             SiteProgress::Updating { .. } if runs_healthy => {
                 Some(SiteProgress::Healthy { since: now })
             }
-            SiteProgress::Healthy { since } if !runs_healthy => {
-                let _ = since;
+            // Healthy, then not: it must prove itself again from the start.
+            SiteProgress::Healthy { .. } if !runs_healthy => {
                 Some(SiteProgress::Updating { since: now })
             }
             SiteProgress::Healthy { since } if now - *since >= healthy_for => {

@@ -86,6 +86,14 @@ impl Fleet {
         }
     }
 
+    /// `site`'s link and the protocol version its session speaks, when connected (for
+    /// streams the control plane opens, such as logs).
+    pub fn link(&self, site: &str) -> Option<(Link, u16)> {
+        self.lock()
+            .get(site)
+            .map(|s| (s.link.clone(), s.view.protocol_version))
+    }
+
     /// Removes a session when it ends, unless a newer one already replaced it.
     pub fn detach(&self, site: &str, id: u64) -> Option<LiveView> {
         let mut sessions = self.lock();

@@ -40,6 +40,7 @@ pub mod serve;
 pub mod server;
 pub mod sites;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod tuf;
 pub mod views;

@@ -41,6 +41,8 @@ pub struct ControlPlane {
     pub director: Director,
     /// The rollout policies in force.
     pub policies: Arc<crate::policy::set::Policies>,
+    /// Telemetry from the fleet.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// A Unix timestamp as RFC 3339 (UTC), the time format of the API and CLI.

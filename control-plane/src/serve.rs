@@ -153,7 +153,33 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     policies
         .watch()
         .map_err(|e| anyhow::anyhow!("cannot watch the policies directory: {e}"))?;
+    let export = match &args.otlp_endpoint {
+        Some(endpoint) => Some(crate::telemetry::otlp::start(
+            crate::telemetry::otlp::Endpoint::parse(endpoint).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let telemetry_settings = crate::telemetry::Settings {
+        retention: args.telemetry_retention,
+        ..Default::default()
+    };
+    let telemetry = crate::telemetry::Telemetry::open(
+        &dir.root().join("telemetry.sled"),
+        telemetry_settings,
+        export,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let metrics = match args.metrics_listen.0 {
+        Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+            format!(
+                "binding the metrics listener on {address} (--metrics-listen; `none` turns it off)"
+            )
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let cp = Arc::new(ControlPlane {
+        telemetry: Arc::new(telemetry),
         store,
         image,
         director,
@@ -177,6 +203,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         agent_addresses.join(", ")
     );
     println!("  API (HTTPS):     {api_url}  (listening on {http_addr})");
+    match metrics_addr {
+        Some(address) => println!("  metrics:         http://{address}/metrics  (Prometheus)"),
+        None => println!("  metrics:         off"),
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        println!("  OTLP export:     {endpoint}");
+    }
     println!("  CA sha256:       {}", hex(&cp.ca.fingerprint()));
     let snapshot = policies.snapshot();
     println!(
@@ -219,7 +252,12 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    run(cp, Listeners { quic, https }, https_tls, shutdown_signal()).await;
+    let listeners = Listeners {
+        quic,
+        https,
+        metrics,
+    };
+    run(cp, listeners, https_tls, shutdown_signal()).await;
     Ok(())
 }
 

@@ -16,6 +16,8 @@ pub struct Listeners {
     pub quic: quinn::Endpoint,
     /// TCP listener for the HTTPS API.
     pub https: TcpListener,
+    /// TCP listener for Prometheus scrapes, when enabled.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Runs until `shutdown` completes, then closes every session and flushes state.
@@ -33,6 +35,14 @@ pub async fn run(
         api::router(cp.clone()),
         stopped.clone(),
     ));
+    let metrics = listeners.metrics.map(|listener| {
+        tokio::spawn(crate::telemetry::prometheus::serve(
+            cp.clone(),
+            listener,
+            stopped.clone(),
+        ))
+    });
+    let retention = tokio::spawn(cp.telemetry.clone().keep_retention());
     let refresher = tokio::spawn(refresh_signatures(cp.clone(), stopped));
     shutdown.await;
     tracing::info!("shutting down");
@@ -40,6 +50,13 @@ pub async fn run(
     let _ = agents.await;
     let _ = api.await;
     let _ = refresher.await;
+    retention.abort();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    if let Err(e) = cp.telemetry.flush().await {
+        tracing::error!(error = %e, "flushing telemetry at shutdown failed");
+    }
     if let Err(e) = cp.store.flush() {
         tracing::error!(error = %e, "flushing state at shutdown failed");
     }

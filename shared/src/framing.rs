@@ -66,6 +66,11 @@ pub fn encode_frame<T: Serialize>(message: &T, limit: usize) -> Result<Vec<u8>, 
     Ok(frame)
 }
 
+/// Encodes `value` without a length prefix, for storing in sled in the wire codec.
+pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| FrameError::Encode(e.to_string()))
+}
+
 /// Decodes one frame's payload. Every byte must be used: trailing bytes are an error.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8], limit: usize) -> Result<T, FrameError> {
     if payload.len() > limit {

@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`protocol`]: versioned message types, stream kinds and their size limits, close codes.
+//! - [`telemetry`]: the metric catalogue, events, numbered records and their batches.
 //! - [`framing`]: the stream preamble and length-prefixed frames (the only user of bincode).
 //! - [`labels`]: site labels, whose numeric facts stay numbers on the wire and in JSON.
 //! - [`manifest`]: release manifests (TOML), checked with file, line and field.
@@ -29,6 +30,7 @@ pub mod link;
 pub mod manifest;
 pub mod names;
 pub mod protocol;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod watch;

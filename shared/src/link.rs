@@ -150,6 +150,17 @@ impl Link {
         Some(out)
     }
 
+    /// Bytes sent and received on this link so far, headers and retransmissions
+    /// included (what the network carried).
+    pub fn traffic(&self) -> (u64, u64) {
+        match self {
+            Link::Quic(conn) => {
+                let stats = conn.stats();
+                (stats.udp_tx.bytes, stats.udp_rx.bytes)
+            }
+        }
+    }
+
     /// Which transport carries this link, for status displays.
     pub fn transport(&self) -> &'static str {
         match self {

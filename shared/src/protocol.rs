@@ -19,10 +19,10 @@ use crate::labels::Labels;
 pub const ALPN: &[u8] = b"continuum/1";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// The oldest version the control plane still serves (one behind the current one), so
-/// upgrading the control plane never strands a site.
+/// The oldest version the control plane still serves (at least one behind the current
+/// one), so upgrading the control plane never strands a site.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Whether the control plane of this build serves agents speaking `version`.
@@ -41,6 +41,11 @@ pub enum StreamKind {
     /// One download of TUF metadata or a target, from an offset (so a broken transfer
     /// resumes where it stopped).
     Fetch = 3,
+    /// Telemetry batches from the agent, each acknowledged (protocol version 3).
+    Telemetry = 4,
+    /// Opened by the control plane: a service's container logs, streamed from the site
+    /// (protocol version 3).
+    Logs = 5,
 }
 
 impl StreamKind {
@@ -50,6 +55,8 @@ impl StreamKind {
             StreamKind::Enroll => 16 * 1024,
             StreamKind::Control => 64 * 1024,
             StreamKind::Fetch => 16 * 1024,
+            StreamKind::Telemetry => 256 * 1024,
+            StreamKind::Logs => 64 * 1024,
         }
     }
 
@@ -59,6 +66,8 @@ impl StreamKind {
             1 => Some(StreamKind::Enroll),
             2 => Some(StreamKind::Control),
             3 => Some(StreamKind::Fetch),
+            4 => Some(StreamKind::Telemetry),
+            5 => Some(StreamKind::Logs),
             _ => None,
         }
     }
@@ -69,6 +78,8 @@ impl StreamKind {
             StreamKind::Enroll => "enroll",
             StreamKind::Control => "control",
             StreamKind::Fetch => "fetch",
+            StreamKind::Telemetry => "telemetry",
+            StreamKind::Logs => "logs",
         }
     }
 }
@@ -471,6 +482,31 @@ pub enum FetchResponse {
     /// No such file (TUF clients treat this differently from other failures).
     NotFound,
     /// The request is not allowed or malformed.
+    Refused(Refusal),
+}
+
+/// The first frame on a logs stream: which service's logs the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// The service.
+    pub service: String,
+    /// How many lines from the end to start with.
+    pub tail: u32,
+    /// Whether to keep streaming new lines until the stream is closed.
+    pub follow: bool,
+}
+
+/// Largest chunk of log text in one frame.
+pub const MAX_LOG_CHUNK: usize = 32 * 1024;
+
+/// What the agent sends on a logs stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFrame {
+    /// Log text as the container wrote it (stdout and stderr interleaved).
+    Text(String),
+    /// The logs ended (the container stopped, or the tail was all that was asked for).
+    End,
+    /// The request cannot be served (no such service here, no container engine).
     Refused(Refusal),
 }
 

@@ -74,6 +74,13 @@ pub enum Command {
         /// Time between reconcile passes when nothing is in flight.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         reconcile_interval: Duration,
+        /// Time between metric samples (host, agent, services).
+        #[arg(long, default_value = "60s", value_parser = parse_interval)]
+        metrics_interval: Duration,
+        /// Most bytes of telemetry kept while the control plane is unreachable; beyond
+        /// it the oldest samples are dropped first, then the oldest events (e.g. 16MiB).
+        #[arg(long, default_value = "16MiB", value_parser = parse_outbox_size)]
+        outbox_size: u64,
     },
     /// Defer rollouts to this site until `unlock` (the central team sees the reason).
     Lock {
@@ -89,6 +96,22 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(100) {
+        return Err("at least 100ms".into());
+    }
+    Ok(interval)
+}
+
+fn parse_outbox_size(text: &str) -> Result<u64, String> {
+    let size = continuum_shared::manifest::units::parse_size(text)?;
+    if size < 4 * 1024 {
+        return Err("at least 4KiB, room for a few records".into());
+    }
+    Ok(size)
 }
 
 /// Exit code of a run that stopped because the site was revoked (systemd units list it
@@ -122,6 +145,8 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
             reconnect_max,
             engine,
             reconcile_interval,
+            metrics_interval,
+            outbox_size,
         } => {
             let engine = engine.unwrap_or_else(crate::engine::default_address);
             let deploy = (engine != "none").then(|| crate::deploy::Settings {
@@ -133,6 +158,10 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                 reconnect_base,
                 reconnect_max,
                 deploy,
+                telemetry: crate::telemetry::Settings {
+                    interval: metrics_interval,
+                    outbox_limit: outbox_size,
+                },
             };
             match crate::run::run(options, shutdown_signal()).await {
                 Ok(()) => Ok(0),

@@ -16,7 +16,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -233,6 +233,48 @@ impl Engine {
             text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
         continuum_shared::protocol::keep_end(text, max_bytes)
+    }
+
+    /// A container's CPU time so far (seconds) and memory in use (bytes), read once.
+    pub async fn stats(&self, id: &str) -> Result<(f64, u64), EngineError> {
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stream = self.docker.stats(id, Some(options));
+        let stats = match stream.next().await {
+            Some(Ok(stats)) => stats,
+            Some(Err(e)) => return Err(self.error(e)),
+            None => return Err(EngineError::Refused(format!("no statistics for {id}"))),
+        };
+        let cpu_ns = stats
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let memory = stats.memory_stats.and_then(|m| m.usage).unwrap_or(0);
+        Ok((cpu_ns as f64 / 1e9, memory))
+    }
+
+    /// A container's output from `tail` lines before the end, and as it is written
+    /// when `follow` is set, in chunks as the engine delivers them.
+    pub fn logs(
+        &self,
+        id: &str,
+        tail: u32,
+        follow: bool,
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + 'static {
+        let tail = tail.to_string();
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        let this = self.clone();
+        self.docker
+            .logs(id, Some(options))
+            .map(move |chunk| chunk.map(|c| c.into_bytes()).map_err(|e| this.error(e)))
     }
 
     /// Runs `command` inside a running container; returns its exit code.

@@ -33,11 +33,13 @@ pub mod identity;
 pub mod join;
 pub mod labels;
 pub mod lock;
+pub mod logs;
 pub mod paths;
 pub mod renew;
 pub mod run;
 pub mod session;
 pub mod status;
+pub mod telemetry;
 pub mod trust;
 
 /// The agent's version: stamped at build time through `CONTINUUM_AGENT_VERSION`, else

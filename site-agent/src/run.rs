@@ -19,7 +19,9 @@ use crate::identity::{Identity, SiteKey};
 use crate::renew::renew_expired;
 use crate::session::{self, SessionContext, SessionEnd};
 use crate::status::{LinkState, StatusFile};
+use crate::telemetry::Telemetry;
 use crate::trust::DesiredState;
+use continuum_shared::telemetry::EventKind;
 
 /// Settings of the run loop.
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct RunOptions {
     pub reconnect_max: Duration,
     /// How containers are run; `None` when this agent deploys nothing.
     pub deploy: Option<crate::deploy::Settings>,
+    /// How telemetry is taken and kept.
+    pub telemetry: crate::telemetry::Settings,
 }
 
 /// Runs until `shutdown` resolves (Ok) or the site is revoked (Err).
@@ -53,16 +57,42 @@ pub async fn run(
     if let Err(e) = crate::admission::watch(options.state_dir.clone(), policy_tx, policy_errors) {
         warn!(error = %e, "cannot watch the site policy file; changes apply at the next start");
     }
+    let telemetry = Telemetry::open(&options.state_dir, &options.telemetry)?;
+    let started_at = unix_now();
+    telemetry.event(
+        EventKind::AgentStarted,
+        None,
+        None,
+        format!("agent {} started", crate::VERSION),
+    );
+    let engine = options.deploy.as_ref().map(|d| d.engine.clone());
+    let background = [
+        tokio::spawn(telemetry.clone().keep_flushed()),
+        tokio::spawn(crate::telemetry::collect(
+            telemetry.clone(),
+            options.telemetry.clone(),
+            crate::telemetry::Sources {
+                site: identity.site.clone(),
+                state_dir: options.state_dir.clone(),
+                engine: engine.clone(),
+                reports: reports.clone(),
+                started_at,
+            },
+        )),
+    ];
     let reconciler = match options.deploy.clone() {
         Some(settings) => {
             let reconciler = Reconciler::new(
                 identity.site.clone(),
                 options.state_dir.clone(),
                 settings,
-                links,
-                desired_rx,
-                reports_tx,
-                policy,
+                crate::deploy::Wiring {
+                    link: links,
+                    desired: desired_rx,
+                    reports: reports_tx,
+                    policy,
+                    telemetry: telemetry.clone(),
+                },
             )?;
             Some(tokio::spawn(reconciler.run()))
         }
@@ -73,6 +103,9 @@ pub async fn run(
         desired,
         reports,
         lock: watch_lock(&options.state_dir),
+        telemetry: telemetry.clone(),
+        engine,
+        started_at,
     };
     let result = tokio::select! {
         result = connect_loop(&options, identity, &channels, &mut status) => result,
@@ -80,6 +113,12 @@ pub async fn run(
     };
     if let Some(reconciler) = reconciler {
         reconciler.abort();
+    }
+    for task in background {
+        task.abort();
+    }
+    if let Err(e) = telemetry.outbox().flush().await {
+        warn!(error = %e, "cannot flush the telemetry outbox");
     }
     let final_state = if matches!(result, Err(AgentError::Revoked(_))) {
         LinkState::Revoked
@@ -117,6 +156,12 @@ struct Channels {
     reports: tokio::sync::watch::Receiver<crate::deploy::Reports>,
     /// The site admin's update lock, for the control plane.
     lock: tokio::sync::watch::Receiver<Option<String>>,
+    /// Telemetry, delivered by each session.
+    telemetry: Telemetry,
+    /// The container engine, for logs on demand.
+    engine: Option<String>,
+    /// When the agent started, Unix seconds.
+    started_at: i64,
 }
 
 /// The update lock as it is now, kept current as the site admin takes or releases it.
@@ -155,7 +200,7 @@ async fn connect_loop(
     let dir = &options.state_dir;
     let key = SiteKey::load(dir)?;
     let labels = crate::labels::detect();
-    let started_at = unix_now();
+    let started_at = channels.started_at;
     let mut backoff = Backoff::new(options.reconnect_base, options.reconnect_max);
     info!(site = %identity.site, version = crate::VERSION, "agent starting");
     status.update(|s| s.state = LinkState::Starting);
@@ -253,6 +298,8 @@ async fn attempt(
         desired: &channels.desired,
         reports: channels.reports.clone(),
         lock: channels.lock.clone(),
+        telemetry: channels.telemetry.clone(),
+        engine: channels.engine.clone(),
     };
     let end = session::run(&connection.link, &connection.address, ctx).await;
     slot.send_replace(None);

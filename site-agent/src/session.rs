@@ -20,13 +20,17 @@ use crate::error::AgentError;
 use crate::identity::{Identity, SiteKey};
 use crate::renew::renew_over;
 use crate::status::{LinkState, StatusFile};
+use crate::telemetry::Telemetry;
 use crate::trust::{self, DesiredState, FetchLimits, LinkSlot, LinkTransport, TrustError};
+use continuum_shared::telemetry::EventKind;
 
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed renewal, try again this much later.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// After desired state could not be fetched, try again this much later.
 const VERIFY_RETRY: Duration = Duration::from_secs(20);
+/// After a telemetry stream failed on a live link, open another this much later.
+const TELEMETRY_RETRY: Duration = Duration::from_secs(10);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -65,6 +69,10 @@ pub struct SessionContext<'a> {
     pub reports: tokio::sync::watch::Receiver<Reports>,
     /// The site admin's update lock.
     pub lock: tokio::sync::watch::Receiver<Option<String>>,
+    /// Telemetry to deliver while the session lasts.
+    pub telemetry: Telemetry,
+    /// The container engine, for logs the control plane asks for.
+    pub engine: Option<String>,
 }
 
 /// Runs a session on `link` until it ends.
@@ -122,6 +130,17 @@ async fn serve(
         s.retry_in_ms = None;
     });
     let interval = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)));
+    // Telemetry and logs streams exist from protocol version 3 on.
+    let _side_streams = (welcome.protocol_version >= 3).then(|| {
+        AbortOnDrop(vec![
+            tokio::spawn(deliver_telemetry(ctx.telemetry.clone(), link.clone())),
+            tokio::spawn(crate::logs::serve(
+                link.clone(),
+                ctx.engine.clone(),
+                ctx.identity.site.clone(),
+            )),
+        ])
+    });
     let (writer, reader) = stream.split();
     let messages = reader.spawn::<ServerMessage>();
     let mut session = Session {
@@ -140,6 +159,31 @@ async fn serve(
             welcomed: true,
         }),
         Ok(end) => Ok(end),
+    }
+}
+
+/// Tasks that live exactly as long as the session.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Delivers telemetry for as long as the link lasts; a failed stream is reopened after
+/// a pause (the session notices a broken link on its own).
+async fn deliver_telemetry(telemetry: Telemetry, link: Link) {
+    loop {
+        if let Err(e) = telemetry.deliver(link.clone()).await {
+            if link.close_reason().is_some() {
+                return;
+            }
+            warn!(error = %e, "telemetry delivery stopped; retrying shortly");
+        }
+        tokio::time::sleep(TELEMETRY_RETRY).await;
     }
 }
 
@@ -194,9 +238,12 @@ impl Session<'_, '_> {
                     let beat = AgentMessage::Heartbeat(Heartbeat { seq, uptime_secs: uptime });
                     self.writer.send(&beat).await.map_err(|e| closed_or(self.link, e))?;
                     let now = unix_now();
+                    let (sent, received) = self.link.traffic();
                     self.ctx.status.update(|s| {
                         s.last_heartbeat = Some(now);
                         s.heartbeats = seq;
+                        s.link_bytes_sent = sent;
+                        s.link_bytes_received = received;
                     });
                     next_beat += interval;
                 }
@@ -287,6 +334,16 @@ impl Session<'_, '_> {
             Ok(state) if state.generation > self.in_force() => {
                 state.save(self.ctx.state_dir)?;
                 self.ctx.desired.send_replace(Some(state.clone()));
+                self.ctx.telemetry.event(
+                    EventKind::DesiredState,
+                    None,
+                    None,
+                    format!(
+                        "generation {} verified and in force ({} releases)",
+                        state.generation,
+                        state.releases.len()
+                    ),
+                );
                 info!(
                     generation = state.generation,
                     releases = state.releases.len(),
@@ -305,6 +362,10 @@ impl Session<'_, '_> {
             }
             Err(TrustError::Refused(reason)) => {
                 warn!(%reason, "desired state refused; the state in force is untouched");
+                let message = format!("generation {} refused: {reason}", self.wanted);
+                self.ctx
+                    .telemetry
+                    .event(EventKind::TrustRefused, None, None, message);
                 self.report(TrustState::Refused, Some(reason)).await;
             }
             Err(TrustError::Stale(reason)) => {

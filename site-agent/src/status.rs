@@ -60,6 +60,13 @@ pub struct RunStatus {
     pub heartbeats: u64,
     /// Sessions started since the process started.
     pub sessions: u64,
+    /// Bytes the current session's link sent (headers included), as of the last
+    /// heartbeat.
+    #[serde(default)]
+    pub link_bytes_sent: u64,
+    /// Bytes it received.
+    #[serde(default)]
+    pub link_bytes_received: u64,
     /// Why the last session or attempt ended.
     pub last_error: Option<String>,
     /// Delay before the next attempt, while waiting.

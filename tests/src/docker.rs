@@ -167,12 +167,22 @@ fn containers_of_quiet(site: &str) -> Vec<String> {
 
 /// GETs `http://127.0.0.1:PORT/` with a short timeout; the body, if it answered 200.
 pub fn http_get(port: u16) -> Option<String> {
+    http_get_path(port, "/")
+}
+
+/// GETs `http://127.0.0.1:PORT{path}` with a short timeout; the body (trimmed), if it
+/// answered 200.
+pub fn http_get_path(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(2)))
         .ok()?;
-    write!(stream, "GET / HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
     let (head, body) = answer.split_once("\r\n\r\n")?;

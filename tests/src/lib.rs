@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod bins;
 pub mod docker;
+pub mod otlp;
 pub mod peer;
 pub mod releases;
 pub mod server;

@@ -80,6 +80,8 @@ pub struct Server {
     pub quic: SocketAddr,
     /// Its API URL.
     pub api: String,
+    /// Its Prometheus listener (`None` when turned off).
+    pub metrics: Option<SocketAddr>,
     /// The first admin's credential.
     pub admin: String,
 }
@@ -110,9 +112,10 @@ impl Server {
             runs: 0,
             quic: "127.0.0.1:0".parse().expect("address"),
             api: "https://127.0.0.1:0".into(),
+            metrics: None,
             admin: String::new(),
         };
-        server.spawn("127.0.0.1:0", "127.0.0.1:0");
+        server.spawn("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0");
         server
     }
 
@@ -136,7 +139,12 @@ impl Server {
         self.data_dir = dir;
     }
 
-    fn spawn(&mut self, quic: &str, http: &str) {
+    fn spawn(&mut self, quic: &str, http: &str, metrics: &str) {
+        let metrics_listen = if self.options.extra.iter().any(|a| a == "--metrics-listen") {
+            Vec::new()
+        } else {
+            vec!["--metrics-listen".to_owned(), metrics.to_owned()]
+        };
         self.runs += 1;
         let out = self.root.join(format!("serve-{}.out", self.runs));
         let err = self.root.join(format!("serve-{}.log", self.runs));
@@ -162,6 +170,7 @@ impl Server {
                 "--site-cert-ttl",
                 &self.options.site_cert_ttl,
             ])
+            .args(&metrics_listen)
             .args(&self.options.extra)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("log file"))
@@ -195,6 +204,10 @@ impl Server {
         };
         self.quic = field("agents (QUIC):").parse().expect("QUIC address");
         self.api = field("API (HTTPS):");
+        self.metrics = field("metrics:")
+            .strip_prefix("http://")
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .and_then(|address| address.parse().ok());
         if let Some(credential) = banner
             .lines()
             .map(str::trim)
@@ -235,21 +248,30 @@ impl Server {
             self.quic.to_string(),
             self.api.trim_start_matches("https://").to_owned(),
         );
-        self.spawn(&quic, &api);
+        let metrics = self
+            .metrics
+            .map_or_else(|| "none".to_owned(), |m| m.to_string());
+        self.spawn(&quic, &api, &metrics);
     }
 
     /// Runs the CLI against this server (from its directory, so it finds the client file).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        CliOutput::of(
-            Command::new(binary("continuum"))
-                .current_dir(&self.root)
-                .env("HOME", self.root.join("home"))
-                .env_remove("XDG_CONFIG_HOME")
-                .env_remove("CONTINUUM_SERVER")
-                .env_remove("CONTINUUM_TOKEN")
-                .env_remove("CONTINUUM_CA")
-                .args(args),
-        )
+        CliOutput::of(&mut self.cli_command(args))
+    }
+
+    /// The CLI command against this server, not yet run (for commands that stream).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("continuum"));
+        command
+            .current_dir(&self.root)
+            .env("HOME", self.root.join("home"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("CONTINUUM_SERVER")
+            .env_remove("CONTINUUM_TOKEN")
+            .env_remove("CONTINUUM_CA")
+            .stdin(Stdio::null())
+            .args(args);
+        command
     }
 
     /// Runs the CLI as another operator.

@@ -12,5 +12,6 @@ mod e2e {
     mod policies;
     mod protocol;
     mod rollouts;
+    mod telemetry;
     mod trust;
 }

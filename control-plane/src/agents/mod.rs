@@ -9,6 +9,7 @@
 mod enroll;
 pub mod fetch;
 mod session;
+mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,6 +217,13 @@ async fn serve_site(cp: Arc<ControlPlane>, link: Link, site: SiteRecord) {
                     site.name.clone(),
                 ));
             }
+            StreamKind::Telemetry => {
+                tokio::spawn(telemetry::serve(cp.clone(), stream, site.name.clone()));
+            }
+            StreamKind::Logs => {
+                protocol_violation(&link, "agents do not open logs streams");
+                return;
+            }
         }
     }
 }
@@ -234,7 +242,10 @@ async fn serve_enrollment(cp: Arc<ControlPlane>, link: Link) {
                 StreamKind::Enroll => {
                     tokio::spawn(enroll::serve(cp.clone(), link.clone(), stream, None));
                 }
-                StreamKind::Control | StreamKind::Fetch => {
+                StreamKind::Control
+                | StreamKind::Fetch
+                | StreamKind::Telemetry
+                | StreamKind::Logs => {
                     let refusal = Refusal {
                         code: RefusalCode::Unauthenticated,
                         message: "this connection has no site certificate; join with a token first"
@@ -298,6 +309,14 @@ async fn send_refusal(stream: &mut FramedStream, refusal: &Refusal) {
         StreamKind::Control => stream.send(&ServerMessage::Refused(refusal.clone())).await,
         StreamKind::Enroll => stream.send(&EnrollResponse::Refused(refusal.clone())).await,
         StreamKind::Fetch => stream.send(&FetchResponse::Refused(refusal.clone())).await,
+        StreamKind::Telemetry => {
+            let reply = continuum_shared::telemetry::TelemetryReply::Refused(refusal.clone());
+            stream.send(&reply).await
+        }
+        StreamKind::Logs => {
+            let reply = continuum_shared::protocol::LogFrame::Refused(refusal.clone());
+            stream.send(&reply).await
+        }
     };
     stream.finish().await;
 }

@@ -9,6 +9,7 @@ mod error;
 mod handlers;
 mod https;
 pub mod rollouts;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -47,6 +48,12 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         )
         .route("/v1/archives", post(handlers::upload_archive))
         .route("/v1/policies", get(handlers::policies))
+        .route("/v1/events", get(telemetry::events))
+        .route("/v1/sites/{name}/telemetry", get(telemetry::site_telemetry))
+        .route(
+            "/v1/sites/{name}/services/{service}/logs",
+            get(telemetry::service_logs),
+        )
         .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
         .route("/v1/rollouts/plan", post(rollouts::plan))
         .route("/v1/rollouts/{id}", get(rollouts::get))
@@ -94,6 +101,9 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::publish_release,
         handlers::upload_archive,
         handlers::policies,
+        telemetry::events,
+        telemetry::site_telemetry,
+        telemetry::service_logs,
         rollouts::plan,
         rollouts::start,
         rollouts::list,
@@ -133,6 +143,8 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::views::WindowView,
         crate::views::ExcludeView,
         crate::policy::file::Rejection,
+        crate::telemetry::event::EventView,
+        telemetry::SiteTelemetryView,
         rollouts::RolloutStart,
         rollouts::RolloutPlan,
         crate::rollout::Rollout,
@@ -190,6 +202,9 @@ mod tests {
             "/v1/releases",
             "/v1/archives",
             "/v1/policies",
+            "/v1/events",
+            "/v1/sites/{name}/telemetry",
+            "/v1/sites/{name}/services/{service}/logs",
             "/v1/rollouts",
             "/v1/rollouts/plan",
             "/v1/rollouts/{id}",

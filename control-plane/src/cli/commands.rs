@@ -49,6 +49,29 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
         Command::Policies => policies(&api, out).await,
+        Command::Site(SiteCommand::Telemetry { name }) => {
+            super::telemetry::site(&api, out, path_segment(&name)?).await
+        }
+        Command::Events {
+            site,
+            service,
+            limit,
+            follow,
+        } => {
+            let filter = super::telemetry::EventsFilter {
+                site,
+                service,
+                limit,
+                follow,
+            };
+            super::telemetry::events(&api, out, filter).await
+        }
+        Command::Logs {
+            site,
+            service,
+            tail,
+            follow,
+        } => super::telemetry::logs(&api, &site, &service, tail, follow).await,
         Command::Site(SiteCommand::Desired { name }) => {
             let desired: crate::model::DesiredRecord = api
                 .get(&format!("/v1/sites/{}/desired", path_segment(&name)?))

@@ -6,6 +6,7 @@ mod keys;
 mod output;
 mod releases;
 mod rollouts;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,6 +92,35 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// List what happened across the fleet (deploys, rollbacks, health changes,
+    /// refusals, agent restarts, telemetry loss), oldest first.
+    Events {
+        /// Only this site's events.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// How many of the newest to show first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing events as they arrive (JSON lines with `-o json`).
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Show a service's container output, streamed live from its site.
+    Logs {
+        /// The site.
+        site: String,
+        /// The service.
+        service: String,
+        /// Lines from the end to start with.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep streaming new output until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Show who the credential belongs to.
     Whoami,
     /// Save the CA, keys and state to an archive (admin; keep it safe: it holds keys).
@@ -141,6 +171,21 @@ pub struct ServeArgs {
     /// it changes. Default: `<data dir>/policies`, created with the default policy.
     #[arg(long, env = "CONTINUUM_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// Plain-HTTP listener for Prometheus (`/metrics`), or `none`.
+    #[arg(
+        long,
+        env = "CONTINUUM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464",
+        value_parser = crate::telemetry::prometheus::parse_listen
+    )]
+    pub metrics_listen: crate::telemetry::prometheus::Listen,
+    /// Export metrics and events over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318.
+    #[arg(long, env = "CONTINUUM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How long telemetry (samples and events) is kept.
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    pub telemetry_retention: Duration,
 }
 
 /// `continuum site …`.
@@ -148,6 +193,11 @@ pub struct ServeArgs {
 pub enum SiteCommand {
     /// Show one site.
     Show {
+        /// Site name.
+        name: String,
+    },
+    /// Show a site's newest metrics (host, agent, services) and telemetry counts.
+    Telemetry {
         /// Site name.
         name: String,
     },

@@ -158,12 +158,63 @@ impl ApiClient {
         }
     }
 
+    /// GET a body that streams (logs), handing each chunk to `sink` as it arrives;
+    /// returns when the server ends the body. No overall time limit.
+    pub async fn get_streamed(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.send(Method::GET, path, None))
+            .await
+            .map_err(|_| {
+                self.connect_error(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))
+            })??;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = Limited::new(body, MAX_RESPONSE)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| self.connect_error(format!("reading the answer: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                sink(data);
+            }
+        }
+        Ok(())
+    }
+
     async fn exchange(
         &self,
         method: Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
     ) -> Result<Vec<u8>, ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| self.connect_error(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect((self.host.as_str(), self.port)),
@@ -202,24 +253,18 @@ impl ApiClient {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        let response = sender
+        sender
             .send_request(request)
             .await
-            .map_err(|e| self.connect_error(e.to_string()))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| self.connect_error(format!("reading the answer: {e}")))?
-            .to_bytes();
-        if status.is_success() {
-            return Ok(bytes.to_vec());
-        }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_owned());
-        Err(ClientError::Api { status, message })
+            .map_err(|e| self.connect_error(e.to_string()))
     }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).trim().to_owned());
+    ClientError::Api { status, message }
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {

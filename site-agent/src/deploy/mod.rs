@@ -17,7 +17,7 @@
 pub mod health;
 pub mod images;
 pub mod ledger;
-mod report;
+pub(crate) mod report;
 pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::admission::{SitePolicy, Usage};
 use crate::engine::{Engine, EngineError, Ours};
+use crate::telemetry::{Telemetry, service_events};
 use crate::trust::{DesiredState, LinkSlot, VerifiedRelease};
 use health::Tracker;
 use images::ImageError;
@@ -78,6 +79,7 @@ pub struct Reconciler {
     probes: HashMap<String, Tracker>,
     errors: HashMap<String, String>,
     policy: watch::Receiver<SitePolicy>,
+    telemetry: Telemetry,
 }
 
 /// What one service's step produced.
@@ -86,18 +88,36 @@ struct Step {
     busy: bool,
 }
 
+/// What the reconciler reads from and reports to, beside the engine.
+pub struct Wiring {
+    /// The current link, for image archive downloads.
+    pub link: LinkSlot,
+    /// The desired state in force.
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    /// Where service reports go.
+    pub reports: watch::Sender<Reports>,
+    /// The site's own admission policy.
+    pub policy: watch::Receiver<SitePolicy>,
+    /// Where events go.
+    pub telemetry: Telemetry,
+}
+
 impl Reconciler {
-    /// A reconciler for `site`, reading desired state from `desired` and publishing
-    /// service reports on `reports`.
+    /// A reconciler for `site`, reading desired state from `wiring.desired` and
+    /// publishing service reports on `wiring.reports`.
     pub fn new(
         site: String,
         state_dir: PathBuf,
         settings: Settings,
-        link: LinkSlot,
-        desired: watch::Receiver<Option<DesiredState>>,
-        reports: watch::Sender<Reports>,
-        policy: watch::Receiver<SitePolicy>,
+        wiring: Wiring,
     ) -> Result<Reconciler, crate::error::AgentError> {
+        let Wiring {
+            link,
+            desired,
+            reports,
+            policy,
+            telemetry,
+        } = wiring;
         let ledger = Ledger::open(&state_dir)?;
         // A trial interrupted by an agent restart gets its full time again: the agent
         // being down is not the release's fault.
@@ -122,6 +142,7 @@ impl Reconciler {
             probes: HashMap::new(),
             errors: HashMap::new(),
             policy,
+            telemetry,
         })
     }
 
@@ -276,10 +297,14 @@ impl Reconciler {
                     ..old.clone()
                 });
         }
+        let telemetry = &self.telemetry;
         let changed = self.reports.send_if_modified(|current| {
             if report::same(current, &reports) {
                 false
             } else {
+                for (kind, service, release, message) in service_events(current, &reports) {
+                    telemetry.event(kind, Some(&service), release.as_deref(), message);
+                }
                 *current = reports;
                 true
             }

@@ -227,6 +227,7 @@ fn main() -> anyhow::Result<()> {
             reconnect_base: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             deploy: None,
+            telemetry: Default::default(),
         };
         let mut stopped = stopped.clone();
         runs.push(runtime.spawn(async move {

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use continuum_shared::protocol::PROTOCOL_VERSION;
 use continuum_shared::token::JoinToken;
 use continuum_tests::agent::Agent;
 use continuum_tests::server::Server;
@@ -31,7 +32,7 @@ fn a_joined_agent_comes_online_with_its_labels_and_heartbeats() {
     );
     assert_eq!(site["labels"]["arch"], std::env::consts::ARCH);
     assert_eq!(site["agent_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(site["protocol_version"], 2);
+    assert_eq!(site["protocol_version"], PROTOCOL_VERSION);
     assert_eq!(site["transport"], "quic");
     assert!(
         site["remote_address"]

@@ -4,7 +4,9 @@
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use continuum_shared::protocol::{CloseCode, Hello, RefusalCode, ServerMessage, StreamKind};
+use continuum_shared::protocol::{
+    CloseCode, Hello, PROTOCOL_VERSION, RefusalCode, ServerMessage, StreamKind,
+};
 use continuum_tests::agent::Agent;
 use continuum_tests::peer::{Peer, ca_of};
 use continuum_tests::server::Server;
@@ -67,7 +69,10 @@ fn hostile_peers_are_cut_off_and_nobody_else_notices() {
             ServerMessage::Refused(refusal) => {
                 assert_eq!(refusal.code, RefusalCode::UnsupportedVersion);
                 assert!(
-                    refusal.message.contains("versions 1 to 2") && refusal.message.contains("99"),
+                    refusal
+                        .message
+                        .contains(&format!("versions 1 to {PROTOCOL_VERSION}"))
+                        && refusal.message.contains("99"),
                     "{refusal:?}"
                 );
             }

@@ -65,7 +65,14 @@ proptest! {
             prop_assert_eq!(last, sled.scan_last(Tree::Sites, 3).unwrap());
             sled.flush().unwrap();
         }
-        let reopened = SledStore::open(&dir.path().join("db"), 1 << 20).unwrap();
+        // sled's background flusher may hold the file lock for a moment after the drop.
+        let reopened = (0..100)
+            .find_map(|_| {
+                SledStore::open(&dir.path().join("db"), 1 << 20)
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("the store reopens once the previous handle is gone");
         prop_assert_eq!(contents(&model), contents(&reopened));
     }
 }

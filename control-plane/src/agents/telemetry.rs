@@ -33,14 +33,10 @@ pub async fn serve(cp: Arc<ControlPlane>, mut stream: FramedStream, site: String
             refuse(&mut stream, RefusalCode::BadRequest, reason).await;
             return;
         }
-        match cp.telemetry.ingest(&site, &batch).await {
+        let records = batch.records.len();
+        match cp.telemetry.ingest(&site, batch).await {
             Ok(cursor) => {
-                debug!(
-                    site,
-                    records = batch.records.len(),
-                    through = cursor.through,
-                    "telemetry stored"
-                );
+                debug!(site, records, through = cursor.through, "telemetry stored");
                 let ack = TelemetryReply::Ack {
                     epoch: cursor.epoch,
                     through: cursor.through,

@@ -10,8 +10,8 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use continuum_shared::telemetry::{Batch, Metric};
@@ -98,10 +98,18 @@ impl Telemetry {
 
     /// Stores what is new in `batch` from `site` and makes it durable; returns the
     /// cursor whose `through` the agent may delete up to. The batch must have passed
-    /// [`Batch::check`].
-    pub async fn ingest(&self, site: &str, batch: &Batch) -> Result<cursor::Cursor, StoreFailure> {
-        let now_ms = now_ms();
-        let outcome = self.store.ingest(site, batch, now_ms)?;
+    /// [`Batch::check`]. The storing runs on a blocking thread, so a busy store never
+    /// stalls the connections the runtime drives.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        site: &str,
+        batch: Batch,
+    ) -> Result<cursor::Cursor, StoreFailure> {
+        let (this, owner) = (self.clone(), site.to_owned());
+        let outcome =
+            tokio::task::spawn_blocking(move || this.store.ingest(&owner, &batch, now_ms()))
+                .await
+                .map_err(|e| StoreFailure(format!("storing a batch failed: {e}")))??;
         self.store.flush().await?;
         self.account(site, &outcome);
         Ok(outcome.cursor)
@@ -198,7 +206,7 @@ impl Telemetry {
 
     /// Deletes what is past retention, now and every few minutes, for the life of the
     /// control plane.
-    pub async fn keep_retention(self: std::sync::Arc<Self>) {
+    pub async fn keep_retention(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(Duration::from_secs(300));
         loop {
             ticker.tick().await;
@@ -280,11 +288,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("telemetry.sled");
         {
-            let telemetry = Telemetry::open(&path, Settings::default(), None).unwrap();
+            let telemetry = Arc::new(Telemetry::open(&path, Settings::default(), None).unwrap());
             let first = batch(&[(1, true), (2, false)], vec![]);
-            assert_eq!(telemetry.ingest("a", &first).await.unwrap().through, 2);
+            assert_eq!(
+                telemetry.ingest("a", first.clone()).await.unwrap().through,
+                2
+            );
             // The same batch again (the ack was lost): nothing new.
-            assert_eq!(telemetry.ingest("a", &first).await.unwrap().through, 2);
+            assert_eq!(
+                telemetry.ingest("a", first.clone()).await.unwrap().through,
+                2
+            );
             assert_eq!(kinds(&telemetry, "a"), [EventKind::Deployed]);
             // 3 and 4 dropped and reported; 6 missing without a report.
             let dropped = vec![Dropped {
@@ -294,7 +308,10 @@ mod tests {
                 events: 0,
             }];
             let next = batch(&[(5, true), (7, false)], dropped);
-            assert_eq!(telemetry.ingest("a", &next).await.unwrap().through, 7);
+            assert_eq!(
+                telemetry.ingest("a", next.clone()).await.unwrap().through,
+                7
+            );
             assert_eq!(
                 kinds(&telemetry, "a"),
                 [
@@ -314,7 +331,7 @@ mod tests {
         }
         // After a restart the cursor holds: a replay stores nothing, the latest samples
         // are known again.
-        let telemetry = Telemetry::open(&path, Settings::default(), None).unwrap();
+        let telemetry = Arc::new(Telemetry::open(&path, Settings::default(), None).unwrap());
         assert_eq!(
             telemetry
                 .site("a")
@@ -325,14 +342,17 @@ mod tests {
             Some(7.0)
         );
         let replay = batch(&[(5, true), (7, false)], vec![]);
-        assert_eq!(telemetry.ingest("a", &replay).await.unwrap().through, 7);
+        assert_eq!(
+            telemetry.ingest("a", replay.clone()).await.unwrap().through,
+            7
+        );
         assert_eq!(kinds(&telemetry, "a").len(), 4);
         // A wiped agent starts a new epoch: said so, and its records are taken.
         let fresh = Batch {
             epoch: 6,
             ..batch(&[(1, true)], vec![])
         };
-        let cursor = telemetry.ingest("a", &fresh).await.unwrap();
+        let cursor = telemetry.ingest("a", fresh.clone()).await.unwrap();
         assert_eq!((cursor.epoch, cursor.through), (6, 1));
         let all = kinds(&telemetry, "a");
         assert_eq!(all[4..], [EventKind::Deployed, EventKind::TelemetryReset]);
@@ -341,12 +361,13 @@ mod tests {
     #[tokio::test]
     async fn retention_deletes_what_is_too_old_or_too_much() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry =
-            Telemetry::open(&dir.path().join("t.sled"), Settings::default(), None).unwrap();
+        let telemetry = Arc::new(
+            Telemetry::open(&dir.path().join("t.sled"), Settings::default(), None).unwrap(),
+        );
         let mut old = batch(&[(1, true), (2, false), (3, false), (4, false)], vec![]);
         old.records[0].at_ms = 1_000;
         old.records[1].at_ms = 1_000;
-        telemetry.ingest("a", &old).await.unwrap();
+        telemetry.ingest("a", old.clone()).await.unwrap();
         let removed = telemetry.store.sweep(now_ms() - 60_000, 1).unwrap();
         // The old event and sample go by age, and of the two recent sample sets only
         // the newest stays by count.

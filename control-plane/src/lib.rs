@@ -30,6 +30,7 @@ pub mod datadir;
 pub mod desired;
 pub mod error;
 pub mod fleet;
+pub mod install;
 pub mod model;
 pub mod operators;
 pub mod plane;

@@ -21,6 +21,12 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Lifetime of signed timestamps.
     pub timestamp_ttl: Duration,
+    /// `https://host:port` addresses sites reach the HTTPS listener by.
+    pub install_urls: Vec<String>,
+    /// curl's pin of the HTTPS listener's key (`sha256//…`).
+    pub tls_pin: String,
+    /// Agent binaries on offer to the installer.
+    pub agents: crate::install::AgentBinaries,
 }
 
 /// Everything a request or a session needs.

@@ -178,6 +178,16 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let agents =
+        crate::install::AgentBinaries::find(args.agent_dir.as_deref()).with_context(|| {
+            format!(
+                "reading agent binaries from {}",
+                args.agent_dir.as_deref().map_or_else(
+                    || "beside this executable".into(),
+                    |d| d.display().to_string()
+                )
+            )
+        })?;
     let cp = Arc::new(ControlPlane {
         telemetry: Arc::new(telemetry),
         store,
@@ -191,6 +201,13 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             site_cert_ttl: args.site_cert_ttl,
             heartbeat: args.heartbeat_interval,
             timestamp_ttl: args.timestamp_ttl,
+            install_urls: advertise
+                .iter()
+                .map(|h| format!("https://{}", host_port(h, http_addr.port())))
+                .collect(),
+            tls_pin: crate::install::key_pin(&keys.server)
+                .map_err(|e| anyhow::anyhow!("the server key: {e}"))?,
+            agents,
         },
         data_dir: dir.clone(),
     });
@@ -211,6 +228,14 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("  OTLP export:     {endpoint}");
     }
     println!("  CA sha256:       {}", hex(&cp.ca.fingerprint()));
+    match cp.settings.agents.arches().as_slice() {
+        [] => println!("  installer:       no agent binary to offer (--agent-dir)"),
+        arches => println!(
+            "  installer:       {}/install.sh  (agents for linux/{})",
+            cp.settings.install_urls.first().map_or("", String::as_str),
+            arches.join(", linux/")
+        ),
+    }
     let snapshot = policies.snapshot();
     println!(
         "  policies:        {}  ({} rollout policies{})",

@@ -123,6 +123,10 @@ pub struct TokenCreated {
     pub uses: u32,
     /// The control-plane addresses it carries.
     pub addresses: Vec<String>,
+    /// The line to paste at the site: downloads the installer over the pinned HTTPS
+    /// channel and runs it with this token (absent when no agent binary is on offer).
+    #[serde(default)]
+    pub install: Option<String>,
 }
 
 /// A token as listed (never its secret).

@@ -7,6 +7,7 @@ mod e2e {
     mod containers;
     mod enroll;
     mod hostile;
+    mod install;
     mod lifecycle;
     mod operators;
     mod policies;

@@ -138,6 +138,12 @@ pub async fn create_token(
         )
         .await?;
     let (record, token) = created;
+    let install = cp
+        .settings
+        .install_urls
+        .first()
+        .filter(|_| !cp.settings.agents.arches().is_empty())
+        .map(|url| crate::install::one_liner(url, &cp.settings.tls_pin, &token));
     Ok(Json(TokenCreated {
         token,
         id: record.id,
@@ -145,6 +151,7 @@ pub async fn create_token(
         expires_at: rfc3339(record.expires_at),
         uses: record.uses,
         addresses: cp.settings.agent_addresses.clone(),
+        install,
     }))
 }
 

@@ -27,6 +27,9 @@ use crate::plane::ControlPlane;
 pub fn router(cp: Arc<ControlPlane>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/install.sh", get(crate::install::script))
+        .route("/agent/linux/{arch}", get(crate::install::binary))
+        .route("/agent/linux/{arch}/sha256", get(crate::install::digest))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/whoami", get(handlers::whoami))
         .route("/v1/sites", get(handlers::list_sites))

@@ -458,7 +458,13 @@ async fn create_token(
             };
             println!("Join token ({scope}, expires {}):\n", created.expires_at);
             println!("  {}\n", created.token);
-            println!("At the site, run:\n");
+            if let Some(line) = &created.install {
+                println!("At the site, install the agent (as root, or as any user) with:\n");
+                println!("  {line}\n");
+                println!("Or, with continuum-agent already installed:\n");
+            } else {
+                println!("At the site, run:\n");
+            }
             println!("  continuum-agent join '{}'", created.token);
             println!("  continuum-agent run");
         }

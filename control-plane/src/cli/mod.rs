@@ -61,7 +61,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (with no options: the embedded default in ./continuum-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// List enrolled sites.
     Sites,
     /// Act on one site.
@@ -183,6 +183,11 @@ pub struct ServeArgs {
     /// http://127.0.0.1:4318.
     #[arg(long, env = "CONTINUUM_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Where agent binaries for the one-line installer are, named
+    /// `continuum-agent-linux-ARCH` (ARCH as `uname -m` says: x86_64, aarch64, …).
+    /// Default: the `continuum-agent` beside this executable, for this architecture.
+    #[arg(long, env = "CONTINUUM_AGENT_DIR")]
+    pub agent_dir: Option<PathBuf>,
     /// How long telemetry (samples and events) is kept.
     #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
     pub telemetry_retention: Duration,
@@ -284,7 +289,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => crate::serve::run_serve(args).await,
+        Command::Serve(args) => crate::serve::run_serve(*args).await,
         Command::Restore { file, data_dir } => commands::restore(&file, &data_dir),
         command => commands::remote(&cli.global, command).await,
     }

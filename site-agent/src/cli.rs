@@ -77,6 +77,10 @@ pub enum Command {
         /// Time between metric samples (host, agent, services).
         #[arg(long, default_value = "60s", value_parser = parse_interval)]
         metrics_interval: Duration,
+        /// Join first with the token in this file if this site has not joined yet (for
+        /// containers and orchestrators that hand the token over as a file).
+        #[arg(long, env = "CONTINUUM_JOIN_TOKEN_FILE")]
+        join_token_file: Option<PathBuf>,
         /// Most bytes of telemetry kept while the control plane is unreachable; beyond
         /// it the oldest samples are dropped first, then the oldest events (e.g. 16MiB).
         #[arg(long, default_value = "16MiB", value_parser = parse_outbox_size)]
@@ -147,7 +151,21 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
             reconcile_interval,
             metrics_interval,
             outbox_size,
+            join_token_file,
         } => {
+            if let Some(file) = join_token_file
+                && !crate::identity::Identity::exists(&state_dir)
+            {
+                let token = std::fs::read_to_string(&file).map_err(|e| {
+                    AgentError::State(format!("reading the join token {}: {e}", file.display()))
+                })?;
+                let options = crate::join::JoinOptions {
+                    name: None,
+                    image_root_sha256: None,
+                };
+                let identity = crate::join::join(token.trim(), options, &state_dir).await?;
+                tracing::info!(site = %identity.site, "joined with the token file");
+            }
             let engine = engine.unwrap_or_else(crate::engine::default_address);
             let deploy = (engine != "none").then(|| crate::deploy::Settings {
                 engine,

@@ -122,6 +122,11 @@ impl Identity {
         })
     }
 
+    /// Whether `dir` holds an identity (the site has joined).
+    pub fn exists(dir: &Path) -> bool {
+        identity_path(dir).exists()
+    }
+
     /// The identity in `dir`, or an error telling the admin to join.
     pub fn require(dir: &Path) -> Result<Self, AgentError> {
         Self::load(dir)?.ok_or_else(|| AgentError::NotJoined(dir.display().to_string()))

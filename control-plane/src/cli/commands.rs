@@ -102,7 +102,8 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
             labels,
             ttl,
             uses,
-        }) => create_token(&api, out, name, labels, ttl, uses).await,
+            save,
+        }) => create_token(&api, out, name, labels, ttl, uses, save.as_deref()).await,
         Command::Token(TokenCommand::List) => {
             let tokens: Vec<TokenView> = api.get("/v1/tokens").await?;
             let rows = tokens
@@ -429,6 +430,7 @@ async fn create_token(
     labels: Vec<String>,
     ttl: String,
     uses: u32,
+    save: Option<&Path>,
 ) -> anyhow::Result<()> {
     let labels = labels
         .iter()
@@ -445,6 +447,10 @@ async fn create_token(
         uses: Some(uses),
     };
     let created: TokenCreated = api.post("/v1/tokens", &request).await?;
+    if let Some(file) = save {
+        continuum_shared::files::write_private(file, created.token.as_bytes())
+            .with_context(|| format!("saving the token to {}", file.display()))?;
+    }
     match out {
         Output::Json => print(out, &created, &[], vec![]),
         Output::Table => {

@@ -262,6 +262,9 @@ pub enum TokenCommand {
         /// How many sites it may enroll (a fleet token for a batch of devices).
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Also write the token to this file (mode 0600), for automation.
+        #[arg(long, value_name = "FILE")]
+        save: Option<PathBuf>,
     },
     /// List tokens (never their secrets).
     List,

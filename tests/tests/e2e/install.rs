@@ -276,7 +276,7 @@ fn failures_say_what_went_wrong_and_leave_the_site_as_it_was() {
 }
 
 #[test]
-fn the_generated_systemd_unit_passes_systemd_analyze_and_the_script_passes_shellcheck() {
+fn the_systemd_units_pass_systemd_analyze_and_the_installer_passes_shellcheck() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/install.sh");
     let check = Command::new("shellcheck")
         .arg(script)
@@ -306,14 +306,143 @@ fn the_generated_systemd_unit_passes_systemd_analyze_and_the_script_passes_shell
     let text = String::from_utf8_lossy(&unit.stdout);
     assert!(text.contains("RestartPreventExitStatus=3"), "{text}");
     assert!(text.contains("StartLimitIntervalSec=0"), "{text}");
+    verify_unit(&file);
+
+    // The control plane's unit, pointed at the binary under test.
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/continuum.service"
+    );
+    let binary = continuum_tests::bins::binary("continuum");
+    let text = std::fs::read_to_string(shipped)
+        .unwrap()
+        .replace("/usr/local/bin/continuum", binary.to_str().unwrap());
+    let file = prefix.path().join("continuum.service");
+    std::fs::write(&file, text).unwrap();
+    verify_unit(&file);
+}
+
+fn verify_unit(file: &std::path::Path) {
     let verify = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&file)
+        .arg(file)
         .output()
         .expect("systemd-analyze is needed (tests/run installs systemd)");
     let complaints = String::from_utf8_lossy(&verify.stderr);
     assert!(
         verify.status.success() && complaints.trim().is_empty(),
-        "systemd-analyze verify:\n{complaints}"
+        "systemd-analyze verify {}:\n{complaints}",
+        file.display()
     );
+}
+
+/// A compose project, taken down with its volumes and images when dropped.
+struct Demo {
+    project: String,
+    tag: String,
+}
+
+impl Demo {
+    fn compose(&self, args: &[&str]) -> std::process::Output {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose/compose.yml");
+        Command::new("docker-compose")
+            .env("TAG", &self.tag)
+            .args(["-p", &self.project, "-f", file])
+            .args(args)
+            .output()
+            .expect("docker-compose is needed (tests/run installs it)")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans"]);
+        for image in ["continuum/control-plane", "continuum/agent"] {
+            let _ = Command::new("docker")
+                .args(["rmi", &format!("{image}:{}", self.tag)])
+                .output();
+        }
+    }
+}
+
+#[test]
+fn the_container_files_build_from_scratch_and_the_compose_demo_brings_three_sites_online() {
+    let tag = unique("t");
+    let bins = continuum_tests::bins::binary("continuum");
+    let build = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/container/build"
+    ))
+    .arg(bins.parent().unwrap())
+    .arg(&tag)
+    .output()
+    .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let demo = Demo {
+        project: unique("demo").replace('-', ""),
+        tag,
+    };
+    let up = demo.compose(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let sites = wait::until(Duration::from_secs(90), "three demo sites online", || {
+        let out = demo.compose(&["run", "--rm", "token", "sites", "-o", "json"]);
+        let sites: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let online = sites
+            .as_array()?
+            .iter()
+            .filter(|s| s["online"] == true)
+            .count();
+        (online == 3).then_some(sites)
+    });
+    assert!(
+        sites
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"].as_str().unwrap().starts_with("demo-")),
+        "{sites}"
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_kubernetes_validate() {
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/base");
+    let kustomization = std::fs::read_to_string(format!("{base}/kustomization.yaml")).unwrap();
+    let resources: Vec<String> = kustomization
+        .lines()
+        .skip_while(|l| !l.starts_with("resources:"))
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(|r| format!("{base}/{r}")))
+        .collect();
+    assert_eq!(resources.len(), 3, "{kustomization}");
+    let validate = |files: &[String]| {
+        Command::new("kubernetes-validate")
+            .arg("--strict")
+            .args(files)
+            .output()
+            .expect("kubernetes-validate is needed (tests/run installs it from PyPI)")
+    };
+    let checked = validate(&resources);
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // The validator does reject a broken manifest.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(&resources[1])
+        .unwrap()
+        .replace("replicas: 1", "replicas: one");
+    std::fs::write(&broken, text).unwrap();
+    assert!(!validate(&[broken.display().to_string()]).status.success());
 }

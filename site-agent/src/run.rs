@@ -117,7 +117,7 @@ pub async fn run(
     for task in background {
         task.abort();
     }
-    if let Err(e) = telemetry.outbox().flush().await {
+    if let Err(e) = telemetry.outbox().flush() {
         warn!(error = %e, "cannot flush the telemetry outbox");
     }
     let final_state = if matches!(result, Err(AgentError::Revoked(_))) {

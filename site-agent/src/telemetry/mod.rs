@@ -110,7 +110,7 @@ impl Telemetry {
     pub async fn keep_flushed(self) {
         let mut pushes = self.pushes();
         while pushes.changed().await.is_ok() {
-            if let Err(e) = self.outbox.flush().await {
+            if let Err(e) = self.outbox.flush() {
                 warn!(error = %e, "cannot flush the telemetry outbox");
             }
         }

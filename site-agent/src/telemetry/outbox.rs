@@ -19,8 +19,8 @@ use crate::error::AgentError;
 
 /// The outbox's file under the state directory.
 pub const FILE: &str = "telemetry.sled";
-/// sled's page cache for the outbox.
-const CACHE_BYTES: u64 = 2 << 20;
+/// sled's page cache for the outbox: records pass through it once, so a small one does.
+const CACHE_BYTES: u64 = 256 << 10;
 /// Largest stored record the outbox decodes.
 const RECORD_LIMIT: usize = 256 * 1024;
 /// Bytes each stored entry costs beside its value (key and bookkeeping).
@@ -79,6 +79,8 @@ impl Outbox {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
+            // Flushed after every push by the agent itself; no flusher thread needed.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| store_error(&path, e))?;
         let open = |name: &str| db.open_tree(name).map_err(|e| store_error(&path, e));
@@ -161,9 +163,11 @@ impl Outbox {
         Ok(seq)
     }
 
-    /// Makes what was pushed so far durable on disk.
-    pub async fn flush(&self) -> Result<(), AgentError> {
-        self.db.flush_async().await.map_err(db_error)?;
+    /// Makes what was pushed so far durable on disk. Synchronous on purpose: a flush of a
+    /// few records takes about a millisecond, and sled's asynchronous flush would start
+    /// a pool of IO threads that an idle agent does not need.
+    pub fn flush(&self) -> Result<(), AgentError> {
+        self.db.flush().map_err(db_error)?;
         Ok(())
     }
 

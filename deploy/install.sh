@@ -30,6 +30,7 @@ options:
   --mode MODE               auto (default), systemd, openrc or supervised
   --prefix DIR              where the binary goes (default /usr/local, or ~/.local)
   --print-systemd-unit      print the systemd unit this would install, and stop
+  --print-openrc-script     print the OpenRC service script this would install, and stop
 EOF
 }
 
@@ -41,7 +42,7 @@ fail() {
 }
 
 TOKEN="" NAME="" REGISTRIES="" CPUS="" MEMORY="" DISK="" ENGINE="" MODE=auto PREFIX=""
-UNINSTALL=no PRINT_UNIT=no
+UNINSTALL=no PRINT_UNIT=no PRINT_OPENRC=no
 while [ $# -gt 0 ]; do
     case $1 in
         --name) NAME=${2:?--name needs a value}; shift 2 ;;
@@ -54,6 +55,7 @@ while [ $# -gt 0 ]; do
         --prefix) PREFIX=${2:?--prefix needs a value}; shift 2 ;;
         --uninstall) UNINSTALL=yes; shift ;;
         --print-systemd-unit) PRINT_UNIT=yes; shift ;;
+        --print-openrc-script) PRINT_OPENRC=yes; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) usage >&2; fail "unknown option $1" ;;
         *) [ -z "$TOKEN" ] || fail "more than one token given"; TOKEN=$1; shift ;;
@@ -144,10 +146,9 @@ openrc_script() {
 description="Continuum site agent"
 command="$BIN"
 command_args="--state-dir $STATE run$(engine_arg)"
-command_background=true
-pidfile="/run/continuum-agent.pid"
 supervisor=supervise-daemon
 respawn_delay=5
+respawn_max=0
 depend() { need net; }
 EOF
 }
@@ -208,6 +209,10 @@ uninstall() {
 
 if [ "$PRINT_UNIT" = yes ]; then
     systemd_unit
+    exit 0
+fi
+if [ "$PRINT_OPENRC" = yes ]; then
+    openrc_script
     exit 0
 fi
 

@@ -276,7 +276,7 @@ fn failures_say_what_went_wrong_and_leave_the_site_as_it_was() {
 }
 
 #[test]
-fn the_systemd_units_pass_systemd_analyze_and_the_installer_passes_shellcheck() {
+fn the_systemd_units_and_openrc_script_pass_their_checks_and_so_does_the_installer() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/install.sh");
     let check = Command::new("shellcheck")
         .arg(script)
@@ -307,6 +307,51 @@ fn the_systemd_units_pass_systemd_analyze_and_the_installer_passes_shellcheck() 
     assert!(text.contains("RestartPreventExitStatus=3"), "{text}");
     assert!(text.contains("StartLimitIntervalSec=0"), "{text}");
     verify_unit(&file);
+
+    // The user unit a site without root gets.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let as_user = Command::new("su")
+        .args(["-s", "/bin/sh", "nobody", "-c"])
+        .arg(format!(
+            "HOME={} sh {script} --print-systemd-unit --prefix {}",
+            home.path().display(),
+            prefix.path().display()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&as_user.stdout);
+    assert!(text.contains("WantedBy=default.target"), "{text}");
+    let file = prefix.path().join("continuum-agent-user.service");
+    std::fs::write(&file, text.as_bytes()).unwrap();
+    verify_unit(&file);
+
+    // The OpenRC script: plain sh, supervised by supervise-daemon. (shellcheck cannot
+    // know that openrc-run reads its variables.)
+    let openrc = Command::new("sh")
+        .arg(script)
+        .arg("--print-openrc-script")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&openrc.stdout);
+    assert!(text.starts_with("#!/sbin/openrc-run"), "{text}");
+    assert!(text.contains("supervisor=supervise-daemon"), "{text}");
+    let file = prefix.path().join("continuum-agent.openrc");
+    std::fs::write(&file, text.as_bytes()).unwrap();
+    let check = Command::new("shellcheck")
+        .args(["-s", "sh", "-e", "SC2034"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     // The control plane's unit, pointed at the binary under test.
     let shipped = concat!(

@@ -35,6 +35,15 @@ pub mod tls;
 pub mod token;
 pub mod watch;
 
+/// Milliseconds since the Unix epoch, for telemetry records, whose order within a
+/// second matters.
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch, the one timestamp format on the wire and in storage.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

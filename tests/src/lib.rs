@@ -23,6 +23,7 @@ pub mod bins;
 pub mod docker;
 pub mod otlp;
 pub mod peer;
+pub mod procfs;
 pub mod releases;
 pub mod server;
 pub mod tuf_fixture;

@@ -16,3 +16,22 @@ pub fn until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The lines a child writes to its piped standard output, as they come, read on a
+/// thread of their own (so a test can wait for each with a timeout).
+pub fn lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("standard output is piped");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}

@@ -106,10 +106,12 @@ impl Telemetry {
         batch: Batch,
     ) -> Result<cursor::Cursor, StoreFailure> {
         let (this, owner) = (self.clone(), site.to_owned());
-        let outcome =
-            tokio::task::spawn_blocking(move || this.store.ingest(&owner, &batch, now_ms()))
-                .await
-                .map_err(|e| StoreFailure(format!("storing a batch failed: {e}")))??;
+        let outcome = tokio::task::spawn_blocking(move || {
+            this.store
+                .ingest(&owner, &batch, continuum_shared::unix_millis())
+        })
+        .await
+        .map_err(|e| StoreFailure(format!("storing a batch failed: {e}")))??;
         self.store.flush().await?;
         self.account(site, &outcome);
         Ok(outcome.cursor)
@@ -212,7 +214,8 @@ impl Telemetry {
             ticker.tick().await;
             let this = self.clone();
             let swept = tokio::task::spawn_blocking(move || {
-                let cutoff = now_ms() - this.settings.retention.as_millis() as i64;
+                let cutoff =
+                    continuum_shared::unix_millis() - this.settings.retention.as_millis() as i64;
                 this.store.sweep(cutoff, this.settings.max_sets_per_site)
             })
             .await;
@@ -229,14 +232,6 @@ impl Telemetry {
 /// The value of a host metric in a site's latest samples.
 pub fn host_value(site: &SiteTelemetry, metric: Metric) -> Option<f64> {
     site.latest.as_ref().and_then(|l| l.host(metric))
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -264,7 +259,7 @@ mod tests {
         };
         Record {
             seq,
-            at_ms: now_ms(),
+            at_ms: continuum_shared::unix_millis(),
             body,
         }
     }
@@ -368,7 +363,10 @@ mod tests {
         old.records[0].at_ms = 1_000;
         old.records[1].at_ms = 1_000;
         telemetry.ingest("a", old.clone()).await.unwrap();
-        let removed = telemetry.store.sweep(now_ms() - 60_000, 1).unwrap();
+        let removed = telemetry
+            .store
+            .sweep(continuum_shared::unix_millis() - 60_000, 1)
+            .unwrap();
         // The old event and sample go by age, and of the two recent sample sets only
         // the newest stays by count.
         assert_eq!(removed, 3);

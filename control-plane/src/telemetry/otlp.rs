@@ -191,7 +191,7 @@ fn requests(items: &[Item]) -> (ExportMetricsServiceRequest, ExportLogsServiceRe
                 }
                 logs.entry(&event.site).or_default().push(LogRecord {
                     time_unix_nano: millis_to_nanos(event.at_ms),
-                    observed_time_unix_nano: millis_to_nanos(super::now_ms()),
+                    observed_time_unix_nano: millis_to_nanos(continuum_shared::unix_millis()),
                     severity_number: 9, // INFO
                     severity_text: "INFO".into(),
                     body: Some(text(&event.message)),

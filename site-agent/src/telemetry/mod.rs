@@ -86,7 +86,7 @@ impl Telemetry {
     }
 
     fn push(&self, body: RecordBody) {
-        let at_ms = unix_millis();
+        let at_ms = continuum_shared::unix_millis();
         match self.outbox.push(at_ms, body) {
             Ok(_) => {
                 self.pushed.send_modify(|n| *n += 1);
@@ -121,12 +121,4 @@ impl Telemetry {
     pub async fn deliver(&self, link: continuum_shared::link::Link) -> Result<(), AgentError> {
         send::deliver(self, link).await
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

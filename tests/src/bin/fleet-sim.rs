@@ -17,6 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 use continuum_agent::run::RunOptions;
 use continuum_tests::agent::Agent;
+use continuum_tests::procfs::{cpu_ticks, rss_kib};
 use continuum_tests::server::{Server, ServerOptions};
 use tokio::sync::{Semaphore, watch};
 
@@ -38,29 +39,6 @@ struct Args {
     /// Give up if the fleet is not online after this many seconds.
     #[arg(long, default_value_t = 120)]
     limit_secs: u64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// User plus system CPU time of a process, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
 }
 
 fn raise_fd_limit() {

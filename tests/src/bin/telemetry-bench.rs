@@ -15,6 +15,7 @@ use clap::Parser;
 use continuum_shared::protocol::{PROTOCOL_VERSION, StreamKind};
 use continuum_shared::telemetry::{Batch, Metric, Record, RecordBody, Sample, TelemetryReply};
 use continuum_tests::peer::{Peer, ca_of, join_as};
+use continuum_tests::procfs::{cpu_ticks, rss_kib};
 use continuum_tests::server::{Server, ServerOptions};
 use tokio::sync::Semaphore;
 
@@ -36,28 +37,6 @@ struct Args {
     /// Joins in flight at once.
     #[arg(long, default_value_t = 64)]
     join_concurrency: usize,
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// One record of `samples` host and service samples.

@@ -241,6 +241,7 @@ fn events_and_metrics_are_exported_over_otlp() {
 
 #[test]
 fn hostile_batches_are_refused_and_nothing_is_stored_for_anyone() {
+    use continuum_shared::framing::encode_frame;
     use continuum_shared::protocol::{PROTOCOL_VERSION, StreamKind};
     use continuum_shared::telemetry::{
         Batch, Event, EventKind, Record, RecordBody, TelemetryReply,
@@ -286,54 +287,47 @@ fn hostile_batches_are_refused_and_nothing_is_stored_for_anyone() {
             Ok(TelemetryReply::Refused(refusal)) => refusal.message,
             other => panic!("expected a refusal, got {other:?}"),
         };
-        // Out of order.
-        let mut stream = peer
-            .link
-            .open(StreamKind::Telemetry, PROTOCOL_VERSION)
-            .await
-            .unwrap();
-        let batch = Batch {
-            epoch: 1,
-            records: vec![event(2, EventKind::Deployed), event(1, EventKind::Deployed)],
-            dropped: vec![],
+        let frame = |records: Vec<Record>| {
+            let batch = Batch {
+                epoch: 1,
+                records,
+                dropped: vec![],
+            };
+            encode_frame(&batch, StreamKind::Telemetry.frame_limit()).unwrap()
         };
-        stream.send(&batch).await.unwrap();
-        let reason = refused(stream.recv_within(Duration::from_secs(5)).await);
-        assert!(reason.contains("does not follow"), "{reason}");
-        // An event only the control plane may record.
-        let mut stream = peer
-            .link
-            .open(StreamKind::Telemetry, PROTOCOL_VERSION)
-            .await
-            .unwrap();
-        let batch = Batch {
-            epoch: 1,
-            records: vec![event(1, EventKind::TelemetryLost)],
-            dropped: vec![],
-        };
-        stream.send(&batch).await.unwrap();
-        let reason = refused(stream.recv_within(Duration::from_secs(5)).await);
-        assert!(reason.contains("recorded by the control plane"), "{reason}");
-        // Garbage where a batch should be.
-        let mut stream = peer
-            .link
-            .open(StreamKind::Telemetry, PROTOCOL_VERSION)
-            .await
-            .unwrap();
         let mut garbage = 64u32.to_be_bytes().to_vec();
         garbage.extend([0xff; 64]);
-        stream.send_raw(&garbage).await.unwrap();
-        let reason = refused(stream.recv_within(Duration::from_secs(5)).await);
-        assert!(reason.contains("unreadable"), "{reason}");
-        // Larger than a frame may be: refused before it is read.
-        let mut stream = peer
-            .link
-            .open(StreamKind::Telemetry, PROTOCOL_VERSION)
-            .await
-            .unwrap();
-        stream.send_raw(&(64u32 << 20).to_be_bytes()).await.unwrap();
-        let reason = refused(stream.recv_within(Duration::from_secs(5)).await);
-        assert!(reason.contains("unreadable"), "{reason}");
+        let hostile = [
+            (
+                "records out of order",
+                frame(vec![
+                    event(2, EventKind::Deployed),
+                    event(1, EventKind::Deployed),
+                ]),
+                "does not follow",
+            ),
+            (
+                "an event only the control plane may record",
+                frame(vec![event(1, EventKind::TelemetryLost)]),
+                "recorded by the control plane",
+            ),
+            ("garbage where a batch should be", garbage, "unreadable"),
+            (
+                "a frame larger than allowed, refused before it is read",
+                (64u32 << 20).to_be_bytes().to_vec(),
+                "unreadable",
+            ),
+        ];
+        for (what, bytes, expected) in hostile {
+            let mut stream = peer
+                .link
+                .open(StreamKind::Telemetry, PROTOCOL_VERSION)
+                .await
+                .unwrap();
+            stream.send_raw(&bytes).await.unwrap();
+            let reason = refused(stream.recv_within(Duration::from_secs(5)).await);
+            assert!(reason.contains(expected), "{what}: {reason}");
+        }
         // A good batch lands under the sender's own name, whatever it claims to be about.
         let mut stream = peer
             .link
@@ -507,19 +501,7 @@ interval = "1s"
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let received = wait::lines(&mut follow);
     let mut seen = Vec::new();
     while seen.len() < 3 {
         match received.recv_timeout(LIMIT) {
@@ -558,19 +540,7 @@ fn events_follow_prints_new_events_as_json_lines_as_they_arrive() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let received = wait::lines(&mut follow);
     let first: Value = serde_json::from_str(&received.recv_timeout(LIMIT).unwrap()).unwrap();
     assert_eq!(first["kind"], "agent-started", "the backlog comes first");
     agent.stop();

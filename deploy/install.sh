@@ -2,8 +2,10 @@
 # Installs the Continuum site agent, joins it to its control plane, and keeps it running.
 #
 # The control plane serves this file at /install.sh and `continuum token create` prints
-# the line to paste at the site, which pins the control plane's key:
+# the line to paste at the site. With the control plane's own CA it pins its key:
 #   curl -fsSLk --pinnedpubkey 'sha256//…' https://HOST:8443/install.sh | sh -s -- TOKEN
+# With a publicly trusted certificate (`serve --tls-cert`) it is a plain https line:
+#   curl -fsSL https://HOST:8443/install.sh | sh -s -- TOKEN
 #
 # Run it again to repair or upgrade; `--uninstall` removes the agent, its service and
 # its state. It works as root (system service, /usr/local) and as any other user (user
@@ -72,8 +74,13 @@ else
     PREFIX=${PREFIX:-$HOME/.local}
     STATE=${XDG_STATE_HOME:-$HOME/.local/state}/continuum-agent
 fi
+# The agent updates itself in its own directory; bin/ holds a link to it. The launcher,
+# a copy that self-updates never touch, runs it and takes back a bad update.
+LIBDIR=$PREFIX/lib/continuum-agent
+AGENT=$LIBDIR/continuum-agent
+LAUNCHER=$LIBDIR/launcher
 BIN=$PREFIX/bin/continuum-agent
-SUPERVISOR=$PREFIX/lib/continuum-agent/supervise
+SUPERVISOR=$LIBDIR/supervise
 if [ "$ROOT" = yes ]; then
     UNIT=/etc/systemd/system/continuum-agent.service
 else
@@ -120,14 +127,14 @@ Wants=network-online.target
 StartLimitIntervalSec=0
 
 [Service]
-ExecStart=$BIN --state-dir $STATE run$(engine_arg)
+ExecStart=$LAUNCHER --state-dir $STATE launch --agent $AGENT -- run$(engine_arg)
 Restart=always
 RestartSec=5
 RestartPreventExitStatus=3
 NoNewPrivileges=yes
 PrivateTmp=yes
 ProtectSystem=strict
-ReadWritePaths=$STATE
+ReadWritePaths=$STATE $LIBDIR
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
@@ -144,8 +151,8 @@ openrc_script() {
     cat <<EOF
 #!/sbin/openrc-run
 description="Continuum site agent"
-command="$BIN"
-command_args="--state-dir $STATE run$(engine_arg)"
+command="$LAUNCHER"
+command_args="--state-dir $STATE launch --agent $AGENT -- run$(engine_arg)"
 supervisor=supervise-daemon
 respawn_delay=5
 respawn_max=0
@@ -153,14 +160,14 @@ depend() { need net; }
 EOF
 }
 
-# Restarts the agent when it exits, except after a revocation (status 3); for hosts
-# without an init system that would.
+# Restarts the launcher if it ever exits, except after a revocation (status 3); for
+# hosts without an init system that would.
 supervisor_script() {
     cat <<EOF
 #!/bin/sh
 echo \$\$ > "$STATE/supervisor.pid"
 while :; do
-    "$BIN" --state-dir "$STATE" run$(engine_arg) >>"$STATE/agent.log" 2>&1 &
+    "$LAUNCHER" --state-dir "$STATE" launch --agent "$AGENT" -- run$(engine_arg) >>"$STATE/agent.log" 2>&1 &
     echo \$! > "$STATE/agent.pid"
     status=0
     wait \$! || status=\$?
@@ -200,8 +207,8 @@ uninstall() {
         rm -f "$UNIT"
         systemctl_ daemon-reload >/dev/null 2>&1 || true
     fi
-    rm -f "$OPENRC" "$BIN" "$SUPERVISOR"
-    rmdir "$PREFIX/lib/continuum-agent" 2>/dev/null || true
+    rm -f "$OPENRC" "$BIN" "$SUPERVISOR" "$AGENT" "$LAUNCHER"
+    rmdir "$LIBDIR" 2>/dev/null || true
     rm -rf "$STATE"
     say "removed the agent, its service and its state ($STATE)"
     say "the site stays listed at the control plane until an operator revokes it"
@@ -275,18 +282,23 @@ GOT=$(sha256sum "$WORK/continuum-agent" | cut -c1-64)
 chmod 0755 "$WORK/continuum-agent"
 
 # Directories this run creates go again if it fails.
-for dir in "$PREFIX/bin" "$(dirname "$STATE")"; do
+for dir in "$PREFIX/bin" "$LIBDIR" "$(dirname "$STATE")"; do
     [ -d "$dir" ] || CREATED="$CREATED $dir"
 done
-mkdir -p "$PREFIX/bin"
-if [ -f "$BIN" ] && [ "$(sha256sum "$BIN" | cut -c1-64)" = "$GOT" ]; then
-    say "the agent at $BIN is current"
+mkdir -p "$PREFIX/bin" "$LIBDIR"
+if [ -f "$AGENT" ] && [ "$(sha256sum "$AGENT" | cut -c1-64)" = "$GOT" ] && [ -f "$LAUNCHER" ] && [ -L "$BIN" ]; then
+    say "the agent at $AGENT is current"
     UPGRADED=no
 else
-    [ -f "$BIN" ] || CREATED="$CREATED $BIN"
-    cp "$WORK/continuum-agent" "$BIN.new"
-    mv -f "$BIN.new" "$BIN"
-    say "installed $($BIN --version) at $BIN"
+    [ -e "$BIN" ] || [ -L "$BIN" ] || CREATED="$CREATED $BIN"
+    [ -f "$AGENT" ] || CREATED="$CREATED $AGENT $LAUNCHER"
+    for target in "$AGENT" "$LAUNCHER"; do
+        cp "$WORK/continuum-agent" "$target.new"
+        mv -f "$target.new" "$target"
+    done
+    # What is installed now is in force: no self-update trial outlives it.
+    rm -f "$STATE/upgrade/trial.json" "$STATE/upgrade/previous"
+    say "installed $($AGENT --version) at $AGENT"
     UPGRADED=yes
 fi
 
@@ -295,9 +307,9 @@ if [ -f "$STATE/identity.json" ]; then
 else
     [ -d "$STATE" ] || CREATED="$CREATED $STATE"
     if [ -n "$NAME" ]; then
-        "$BIN" --state-dir "$STATE" join "$TOKEN" --name "$NAME" >"$WORK/join" 2>&1 || fail "joining failed: $(cat "$WORK/join")" "ask the central team for a new token if it expired or was used up"
+        "$AGENT" --state-dir "$STATE" join "$TOKEN" --name "$NAME" >"$WORK/join" 2>&1 || fail "joining failed: $(cat "$WORK/join")" "ask the central team for a new token if it expired or was used up"
     else
-        "$BIN" --state-dir "$STATE" join "$TOKEN" >"$WORK/join" 2>&1 || fail "joining failed: $(cat "$WORK/join")" "ask the central team for a new token if it expired or was used up"
+        "$AGENT" --state-dir "$STATE" join "$TOKEN" >"$WORK/join" 2>&1 || fail "joining failed: $(cat "$WORK/join")" "ask the central team for a new token if it expired or was used up"
     fi
     say "$(head -n 1 "$WORK/join")"
 fi
@@ -346,6 +358,11 @@ case $SERVICE in
         mkdir -p "$(dirname "$SUPERVISOR")"
         supervisor_script >"$SUPERVISOR.new"
         chmod 0755 "$SUPERVISOR.new"
+        if alive "$STATE/supervisor.pid" && ! cmp -s "$SUPERVISOR.new" "$SUPERVISOR"; then
+            # Another supervisor script (an older layout): start the new one.
+            stop_service
+            say "restarting the supervisor with its new script"
+        fi
         mv -f "$SUPERVISOR.new" "$SUPERVISOR"
         if alive "$STATE/supervisor.pid"; then
             if [ "$UPGRADED" = yes ] && alive "$STATE/agent.pid"; then
@@ -358,6 +375,12 @@ case $SERVICE in
         say "running under its own supervisor ($SUPERVISOR; no init system to use)"
         ;;
 esac
+
+# The command people type: a link to the agent that updates itself.
+if [ "$(readlink "$BIN" 2>/dev/null)" != "$AGENT" ]; then
+    ln -sf "$AGENT" "$BIN.new"
+    mv -f "$BIN.new" "$BIN"
+fi
 
 # Success from here on: nothing to undo.
 CREATED=""

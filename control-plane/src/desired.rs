@@ -74,18 +74,83 @@ pub async fn assign(
     apply(cp, desired, actor).await
 }
 
-/// Sets the release of `service` that `site` should run, as a rollout does (`None`
-/// takes the service off the site). Nothing changes, and no generation is spent, when
-/// the site already has that.
-pub async fn set_release(
+/// How many sites are signed at once.
+const PARALLEL_SIGNING: usize = 8;
+
+/// Sets the release of `service` that each site should run, as a rollout does (`None`
+/// takes the service off the site); returns one result per change, in order. A site
+/// that already has what it is given spends no generation.
+///
+/// The changes are one batch: every site's metadata is signed side by side without
+/// waiting for the disk, one sync of the file system makes all of it durable, the
+/// records are stored with one flush, and only then are the sites told.
+pub async fn set_releases(
+    cp: &ControlPlane,
+    service: &str,
+    changes: &[(String, Option<String>)],
+    actor: &str,
+) -> Vec<Result<(), DesiredError>> {
+    use futures_util::StreamExt;
+    let mut sites: Vec<&str> = changes.iter().map(|(site, _)| site.as_str()).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    if sites.len() != changes.len() {
+        // A rollout step changes each site once; two changes of one site would race.
+        return changes
+            .iter()
+            .map(|(site, _)| {
+                Err(DesiredError::Site(format!(
+                    "site {site:?} is changed twice in one batch"
+                )))
+            })
+            .collect();
+    }
+    // In name order, so that two batches never wait for each other crosswise.
+    let locks: Vec<_> = sites.iter().map(|site| site_lock(site)).collect();
+    let mut guards = Vec::with_capacity(locks.len());
+    for lock in &locks {
+        guards.push(lock.lock().await);
+    }
+    let signing: Vec<_> = changes
+        .iter()
+        .map(|(site, version)| changed(cp, site, service, version.as_deref(), actor))
+        .collect();
+    let signed: Vec<Result<Option<DesiredRecord>, DesiredError>> =
+        futures_util::stream::iter(signing)
+            .buffered(PARALLEL_SIGNING)
+            .collect()
+            .await;
+    let fresh: Vec<&DesiredRecord> = signed.iter().flatten().flatten().collect();
+    let stored = match fresh.is_empty() {
+        true => Ok(()),
+        false => store_all(cp, &fresh).await,
+    };
+    if stored.is_ok() {
+        for desired in &fresh {
+            cp.fleet.notify(&desired.site, desired.generation);
+        }
+    }
+    drop(guards);
+    let failed = stored.err().map(|e| e.to_string());
+    signed
+        .into_iter()
+        .map(|result| match (&failed, result) {
+            (_, Err(e)) => Err(e),
+            (Some(e), Ok(Some(_))) => Err(DesiredError::Tuf(TufError::Io(e.clone()))),
+            (_, Ok(_)) => Ok(()),
+        })
+        .collect()
+}
+
+/// Signs `site`'s next generation with `service` at `version`, without waiting for the
+/// disk; `None` when the site already has that.
+async fn changed(
     cp: &ControlPlane,
     site: &str,
     service: &str,
     version: Option<&str>,
     actor: &str,
-) -> Result<(), DesiredError> {
-    let lock = site_lock(site);
-    let _one = lock.lock().await;
+) -> Result<Option<DesiredRecord>, DesiredError> {
     let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
         site: site.to_owned(),
         generation: 0,
@@ -95,7 +160,7 @@ pub async fn set_release(
     });
     let current = desired.releases.get(service).map(|r| r.version.as_str());
     if current == version {
-        return Ok(());
+        return Ok(None);
     }
     match version {
         Some(version) => {
@@ -111,7 +176,21 @@ pub async fn set_release(
             desired.releases.remove(service);
         }
     }
-    apply(cp, desired, actor).await.map(drop)
+    sign(cp, &mut desired, actor, false).await?;
+    Ok(Some(desired))
+}
+
+/// Makes a batch of signed desired states durable: one sync for the metadata, then the
+/// records with one flush.
+async fn store_all(cp: &ControlPlane, fresh: &[&DesiredRecord]) -> Result<(), DesiredError> {
+    cp.director.sync().await?;
+    for desired in fresh {
+        cp.store
+            .put_json(Tree::Desired, desired.site.as_bytes(), desired)?;
+    }
+    cp.store.flush()?;
+    tracing::info!(sites = fresh.len(), "desired states signed");
+    Ok(())
 }
 
 /// One change at a time per site (changes to different sites run side by side).
@@ -129,12 +208,32 @@ async fn apply(
     mut desired: DesiredRecord,
     actor: &str,
 ) -> Result<DesiredRecord, DesiredError> {
+    sign(cp, &mut desired, actor, true).await?;
+    cp.store
+        .put_json(Tree::Desired, desired.site.as_bytes(), &desired)?;
+    cp.store.flush()?;
+    cp.fleet.notify(&desired.site, desired.generation);
+    tracing::info!(site = %desired.site, generation = desired.generation, "desired state signed");
+    Ok(desired)
+}
+
+/// Signs `desired` into the director as the site's next generation.
+async fn sign(
+    cp: &ControlPlane,
+    desired: &mut DesiredRecord,
+    actor: &str,
+    durable: bool,
+) -> Result<(), DesiredError> {
     desired.generation += 1;
     desired.updated_at = rfc3339(continuum_shared::unix_now());
     desired.updated_by = actor.to_owned();
     let mut entries = Vec::new();
     for (service, release) in &desired.releases {
-        let name = continuum_shared::manifest::target_name(service, &release.version);
+        let name = if service == continuum_shared::manifest::AGENT_SERVICE {
+            agent_binary_name(cp, &desired.site, &release.version)?
+        } else {
+            continuum_shared::manifest::target_name(service, &release.version)
+        };
         let target = cp
             .image
             .target(&name)?
@@ -147,14 +246,22 @@ async fn apply(
         });
     }
     cp.director
-        .set(&desired.site, desired.generation, &entries)
+        .set(&desired.site, desired.generation, &entries, durable)
         .await?;
-    cp.store
-        .put_json(Tree::Desired, desired.site.as_bytes(), &desired)?;
-    cp.store.flush()?;
-    cp.fleet.notify(&desired.site, desired.generation);
-    tracing::info!(site = %desired.site, generation = desired.generation, "desired state signed");
-    Ok(desired)
+    Ok(())
+}
+
+/// The target name of the agent binary of `version` for `site`'s target triple.
+fn agent_binary_name(cp: &ControlPlane, site: &str, version: &str) -> Result<String, DesiredError> {
+    let service = continuum_shared::manifest::AGENT_SERVICE;
+    let release = releases::get(cp, service, version)?
+        .ok_or_else(|| DesiredError::NoRelease(format!("{service} {version}")))?;
+    let labels = sites::get(cp, site)?
+        .map(|s| s.labels())
+        .unwrap_or_default();
+    crate::agent_releases::binary_for(&release, &labels)
+        .map(|b| b.target.clone())
+        .map_err(|e| DesiredError::Site(format!("site {site:?}: {e}")))
 }
 
 /// Signs every site's desired state again as a new generation (after a director key
@@ -162,12 +269,24 @@ async fn apply(
 pub async fn resign_all(cp: &ControlPlane, actor: &str) -> Result<usize, DesiredError> {
     let all: Vec<DesiredRecord> = cp.store.list_json(Tree::Desired)?;
     let count = all.len();
+    let mut first_error = None;
     for listed in all {
         let lock = site_lock(&listed.site);
         let _one = lock.lock().await;
-        if let Some(desired) = get(cp, &listed.site)? {
-            apply(cp, desired, actor).await?;
+        // One site that cannot be signed (say, its agent binary is gone) must not leave
+        // the sites after it under the old key.
+        let signed = match get(cp, &listed.site) {
+            Ok(Some(desired)) => apply(cp, desired, actor).await.map(drop),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = signed {
+            tracing::warn!(site = %listed.site, error = %e, "could not sign the site's desired state again");
+            first_error.get_or_insert(e);
         }
     }
-    Ok(count)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(count),
+    }
 }

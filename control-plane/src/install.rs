@@ -48,7 +48,7 @@ impl AgentBinaries {
         }
         let mut by_arch = BTreeMap::new();
         for (arch, path) in found {
-            let digest = sha256_file(&path)?;
+            let digest = continuum_shared::files::sha256_file(&path)?;
             by_arch.insert(arch, (path, digest));
         }
         Ok(AgentBinaries { by_arch })
@@ -64,21 +64,6 @@ impl AgentBinaries {
     }
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        context.update(&buffer[..n]);
-    }
-    Ok(continuum_shared::tls::hex(context.finish().as_ref()))
-}
-
 /// curl's pin of the HTTPS listener's key: `sha256//` and the base64 SHA-256 of its
 /// SubjectPublicKeyInfo.
 pub fn key_pin(identity: &ServerIdentity) -> Result<String, rcgen::Error> {
@@ -92,10 +77,17 @@ pub fn key_pin(identity: &ServerIdentity) -> Result<String, rcgen::Error> {
     ))
 }
 
-/// The line a site admin pastes: fetch the installer over the pinned channel and run
-/// it with the token.
-pub fn one_liner(url: &str, pin: &str, token: &str) -> String {
-    format!("curl -fsSLk --pinnedpubkey '{pin}' {url}/install.sh | sh -s -- {token}")
+/// The line a site admin pastes: fetch the installer and run it with the token. With
+/// the control plane's own CA the download is pinned to the listener's key (`-k` only
+/// skips the public-CA check; curl still enforces the pin); with a publicly trusted
+/// certificate it is a plain https download.
+pub fn one_liner(url: &str, pin: Option<&str>, token: &str) -> String {
+    match pin {
+        Some(pin) => {
+            format!("curl -fsSLk --pinnedpubkey '{pin}' {url}/install.sh | sh -s -- {token}")
+        }
+        None => format!("curl -fsSL {url}/install.sh | sh -s -- {token}"),
+    }
 }
 
 /// A `Host` header fit to go into the script: a host name or address and a port.
@@ -129,7 +121,10 @@ pub async fn script(
         )
         .replacen(
             "CONTINUUM_PIN=${CONTINUUM_PIN:-}",
-            &format!("CONTINUUM_PIN=${{CONTINUUM_PIN:-{}}}", cp.settings.tls_pin),
+            &format!(
+                "CONTINUUM_PIN=${{CONTINUUM_PIN:-{}}}",
+                cp.settings.tls_pin.as_deref().unwrap_or("")
+            ),
             1,
         );
     (

@@ -15,9 +15,10 @@
 //! - [`ca`], [`datadir`]: keys and certificates; [`backup`]: archive and restore.
 //! - [`store`]: durable state behind a trait (sled, and an in-memory twin).
 //! - [`releases`], [`archives`]: publishing releases and the image archives shipped
-//!   with them.
+//!   with them; [`agent_releases`]: agent binaries, rolled out as `continuum-agent`.
 //! - [`model`], [`views`]: stored records and API shapes; [`client`]: the CLI's HTTPS client.
 
+pub mod agent_releases;
 pub mod agents;
 pub mod api;
 pub mod archives;
@@ -35,6 +36,7 @@ pub mod model;
 pub mod operators;
 pub mod plane;
 pub mod policy;
+pub mod public_tls;
 pub mod releases;
 pub mod rollout;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! The records the control plane keeps, as stored and as the API shows them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -238,6 +239,20 @@ pub struct ReleaseRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub archive: Option<continuum_shared::manifest::ImageArchive>,
+    /// Of an agent release (service `continuum-agent`): its binaries by target triple.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_binaries: BTreeMap<String, AgentBinaryRecord>,
+}
+
+/// One agent binary of an agent release, as the image repository lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentBinaryRecord {
+    /// Its image-repository target name (`agents/continuum-agent/VERSION/TRIPLE`).
+    pub target: String,
+    /// SHA-256 of the binary, hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub length: u64,
 }
 
 /// One release in a site's desired state.

@@ -23,8 +23,9 @@ pub struct Settings {
     pub timestamp_ttl: Duration,
     /// `https://host:port` addresses sites reach the HTTPS listener by.
     pub install_urls: Vec<String>,
-    /// curl's pin of the HTTPS listener's key (`sha256//…`).
-    pub tls_pin: String,
+    /// curl's pin of the HTTPS listener's key (`sha256//…`); `None` when the listener
+    /// has a publicly trusted certificate, which curl checks by itself.
+    pub tls_pin: Option<String>,
     /// Agent binaries on offer to the installer.
     pub agents: crate::install::AgentBinaries,
 }

@@ -83,6 +83,7 @@ pub async fn publish(
             "control-plane".into()
         },
         archive,
+        agent_binaries: Default::default(),
     };
     cp.store.put_json(Tree::Releases, key.as_bytes(), &record)?;
     cp.store.flush()?;

@@ -2,6 +2,7 @@
 //! operator), binds the listeners, prints how to use it, and runs until signalled.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use crate::datadir::{DataDir, load_or_create_keys};
 use crate::model::Role;
 use crate::plane::{ControlPlane, Settings};
 use crate::policy::set::Policies;
+use crate::public_tls::{CertFiles, PublicCert};
 use crate::server::{Listeners, run};
 use crate::store::{SledStore, Store};
 use crate::tuf::Lifetimes;
@@ -98,13 +100,48 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for the API on tcp {}", args.http_listen))?;
     let quic_addr = quic.local_addr()?;
     let http_addr = https.local_addr()?;
-    let https_tls = Arc::new(server_tls(
-        &keys.server,
-        keys.ca.cert_der(),
-        vec![b"http/1.1".to_vec()],
-    )?);
+    let public = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            PublicCert::load(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .map_err(anyhow::Error::msg)?,
+        )),
+        _ => None,
+    };
+    let install_hosts: Vec<&String> = match &public {
+        Some(public) => advertise.iter().filter(|h| public.covers(h)).collect(),
+        None => advertise.iter().collect(),
+    };
+    if install_hosts.is_empty() {
+        anyhow::bail!(
+            "--tls-cert {} covers none of the advertised names ({}); pass --advertise with a name it covers",
+            args.tls_cert.as_deref().unwrap_or(Path::new("")).display(),
+            advertise.join(", ")
+        );
+    }
+    let install_urls: Vec<String> = install_hosts
+        .iter()
+        .map(|h| format!("https://{}", host_port(h, http_addr.port())))
+        .collect();
+    let alpn = vec![b"http/1.1".to_vec()];
+    let https_tls = Arc::new(match &public {
+        Some(public) => {
+            public
+                .watch(install_hosts.iter().map(|h| h.to_string()).collect())
+                .map_err(anyhow::Error::msg)?;
+            public.server_config(alpn)?
+        }
+        None => server_tls(&keys.server, keys.ca.cert_der(), alpn)?,
+    });
 
-    let api_url = local_api_url(http_addr);
+    // The CLI on this machine: the local listener and the own CA, or with a public
+    // certificate a name it covers and the system's roots (an empty `ca`).
+    let (api_url, client_ca) = match &public {
+        Some(_) => (install_urls[0].clone(), String::new()),
+        None => (local_api_url(http_addr), keys.ca.cert_pem().to_owned()),
+    };
     let first_admin = if operators::list(store.as_ref())?.is_empty() {
         let (_, credential) = operators::create(store.as_ref(), "admin", Role::Admin, "serve")?;
         Some(credential)
@@ -116,7 +153,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         let file = ClientFile {
             server: api_url.clone(),
             token: credential.clone(),
-            ca: keys.ca.cert_pem().to_owned(),
+            ca: client_ca,
         };
         file.write(&client_file)?;
         if let Some(user_file) = user_client_file().filter(|p| !p.exists())
@@ -126,8 +163,9 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     } else if let Ok(mut file) = ClientFile::read(&client_file) {
         // Keep the local client file pointing at where the API listens now.
-        if file.server != api_url {
+        if file.server != api_url || file.ca != client_ca {
             file.server = api_url.clone();
+            file.ca = client_ca;
             file.write(&client_file)?;
         }
     }
@@ -201,12 +239,14 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             site_cert_ttl: args.site_cert_ttl,
             heartbeat: args.heartbeat_interval,
             timestamp_ttl: args.timestamp_ttl,
-            install_urls: advertise
-                .iter()
-                .map(|h| format!("https://{}", host_port(h, http_addr.port())))
-                .collect(),
-            tls_pin: crate::install::key_pin(&keys.server)
-                .map_err(|e| anyhow::anyhow!("the server key: {e}"))?,
+            install_urls,
+            tls_pin: match &public {
+                Some(_) => None,
+                None => Some(
+                    crate::install::key_pin(&keys.server)
+                        .map_err(|e| anyhow::anyhow!("the server key: {e}"))?,
+                ),
+            },
             agents,
         },
         data_dir: dir.clone(),
@@ -220,6 +260,19 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         agent_addresses.join(", ")
     );
     println!("  API (HTTPS):     {api_url}  (listening on {http_addr})");
+    if let Some(public) = &public {
+        let days = public.days_left();
+        println!(
+            "  certificate:     {}  (publicly trusted; expires in {days} days; reloaded when it changes)",
+            public.cert_path().display()
+        );
+        if days < 14 {
+            tracing::warn!(
+                days_left = days,
+                "the HTTPS certificate expires soon; renew it (the new file is picked up by itself)"
+            );
+        }
+    }
     match metrics_addr {
         Some(address) => println!("  metrics:         http://{address}/metrics  (Prometheus)"),
         None => println!("  metrics:         off"),

@@ -24,6 +24,7 @@ pub const DETECTED_LABELS: &[&str] = &[
     "hostname",
     "engine",
     "agent_version",
+    "agent_target",
 ];
 
 /// Longest token lifetime.

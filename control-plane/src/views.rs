@@ -57,6 +57,9 @@ pub struct SiteView {
     pub services: std::collections::BTreeMap<String, continuum_shared::protocol::ServiceReport>,
     /// The site admin's update lock, if held (rollouts wait for this site).
     pub lock: Option<crate::model::SiteLock>,
+    /// An agent version that failed its trial at this site and why (it is not tried
+    /// again there).
+    pub agent_failed: Option<String>,
 }
 
 impl SiteView {
@@ -88,6 +91,16 @@ impl SiteView {
             trust: record.trust.clone(),
             services: record.services.clone(),
             lock: record.lock.clone(),
+            agent_failed: record
+                .services
+                .get(continuum_shared::manifest::AGENT_SERVICE)
+                .and_then(|r| {
+                    let version = r.failed.as_ref()?;
+                    Some(match &r.failure {
+                        Some(why) => format!("{version}: {why}"),
+                        None => version.clone(),
+                    })
+                }),
         }
     }
 }

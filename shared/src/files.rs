@@ -73,6 +73,22 @@ fn replace_private(path: &Path, bytes: &[u8], durable: bool) -> Result<(), FileE
     result.map_err(err("write", path))
 }
 
+/// SHA-256 of a file's content, lower-case hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        context.update(&buffer[..n]);
+    }
+    Ok(crate::tls::hex(context.finish().as_ref()))
+}
+
 /// Reads a whole file, with the path in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, FileError> {
     fs::read(path).map_err(err("read", path))

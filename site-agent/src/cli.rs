@@ -86,6 +86,20 @@ pub enum Command {
         #[arg(long, default_value = "16MiB", value_parser = parse_outbox_size)]
         outbox_size: u64,
     },
+    /// Run the agent the way services do: start it, start it again when it exits, and
+    /// take back a new agent binary that does not prove itself within its trial.
+    Launch {
+        /// The agent binary that self-updates replace.
+        #[arg(long)]
+        agent: PathBuf,
+        /// How long a new agent binary has to reconnect, verify the desired state and
+        /// report healthy before the previous one is put back.
+        #[arg(long, default_value = "3min", value_parser = humantime::parse_duration)]
+        trial_timeout: Duration,
+        /// The agent's own arguments, after `--` (e.g. `-- run --engine none`).
+        #[arg(last = true, required = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Defer rollouts to this site until `unlock` (the central team sees the reason).
     Lock {
         /// Why, for the central team.
@@ -187,8 +201,26 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                     eprintln!("error: this site was revoked by the central team: {reason}");
                     Ok(EXIT_REVOKED)
                 }
+                Err(AgentError::Restart) => Ok(crate::upgrade::launch::RESTART_STATUS as u8),
                 Err(e) => Err(e),
             }
+        }
+        Command::Launch {
+            agent,
+            trial_timeout,
+            args,
+        } => {
+            let options = crate::upgrade::launch::LaunchOptions {
+                agent,
+                state_dir,
+                trial_timeout,
+                restart_base: Duration::from_secs(1),
+                restart_max: Duration::from_secs(60),
+                args,
+            };
+            crate::upgrade::launch::launch(options, shutdown_signal())
+                .await
+                .map_err(AgentError::State)
         }
         Command::Lock { reason } => {
             crate::lock::take(&state_dir, &reason)?;

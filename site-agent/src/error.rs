@@ -41,6 +41,9 @@ pub enum AgentError {
     /// The site was revoked.
     #[error("this site was revoked by the central team: {0}")]
     Revoked(String),
+    /// A new agent binary is in place: the process ends so the launcher starts it.
+    #[error("restarting into the new agent binary")]
+    Restart,
     /// The link broke mid-exchange.
     #[error(transparent)]
     Link(#[from] LinkError),

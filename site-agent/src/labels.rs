@@ -26,6 +26,7 @@ pub fn detect() -> Labels {
         labels.insert("engine".into(), engine.into());
     }
     labels.insert("agent_version".into(), crate::VERSION.into());
+    labels.insert("agent_target".into(), crate::TARGET.into());
     labels
 }
 

@@ -21,6 +21,7 @@
 //!   allow.
 //! - [`labels`]: facts detected about this host; [`lock`]: the site admin's update lock.
 //! - [`status`]: the status file the running agent keeps, and its display.
+//! - [`upgrade`]: self-update, and the launcher that takes a bad update back.
 //! - [`error`]: the agent's errors.
 
 pub mod admission;
@@ -41,6 +42,11 @@ pub mod session;
 pub mod status;
 pub mod telemetry;
 pub mod trust;
+pub mod upgrade;
+
+/// The Rust target triple the agent was built for: it updates itself only with a
+/// binary published for this triple.
+pub const TARGET: &str = env!("CONTINUUM_AGENT_TARGET");
 
 /// The agent's version: stamped at build time through `CONTINUUM_AGENT_VERSION`, else
 /// the crate version.

@@ -8,7 +8,7 @@ use continuum_agent::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.command {
-        Command::Run { .. } => cli.log.clone(),
+        Command::Run { .. } | Command::Launch { .. } => cli.log.clone(),
         _ => "warn".to_owned(),
     };
     init_tracing(&filter);

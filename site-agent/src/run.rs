@@ -98,10 +98,26 @@ pub async fn run(
         }
         None => None,
     };
+    let (agent_report_tx, agent_report) = tokio::sync::watch::channel(None);
+    let restart = std::sync::Arc::new(tokio::sync::Notify::new());
+    let binary = std::env::current_exe()
+        .map_err(|e| AgentError::State(format!("cannot tell where this binary is: {e}")))?;
+    let updater = tokio::spawn(
+        crate::upgrade::updater::Updater {
+            upgrade: crate::upgrade::state::UpgradeDir::new(&options.state_dir),
+            link: slot.subscribe(),
+            desired: desired.subscribe(),
+            report: agent_report_tx,
+            restart: restart.clone(),
+            binary,
+        }
+        .run(),
+    );
     let channels = Channels {
         slot,
         desired,
         reports,
+        agent_report,
         lock: watch_lock(&options.state_dir),
         telemetry: telemetry.clone(),
         engine,
@@ -109,8 +125,10 @@ pub async fn run(
     };
     let result = tokio::select! {
         result = connect_loop(&options, identity, &channels, &mut status) => result,
+        _ = restart.notified() => Err(AgentError::Restart),
         _ = shutdown => Ok(()),
     };
+    updater.abort();
     if let Some(reconciler) = reconciler {
         reconciler.abort();
     }
@@ -154,6 +172,8 @@ struct Channels {
     desired: tokio::sync::watch::Sender<Option<DesiredState>>,
     /// The reconciler's service reports, for the control plane.
     reports: tokio::sync::watch::Receiver<crate::deploy::Reports>,
+    /// The agent's own report, for the control plane.
+    agent_report: tokio::sync::watch::Receiver<Option<continuum_shared::protocol::ServiceReport>>,
     /// The site admin's update lock, for the control plane.
     lock: tokio::sync::watch::Receiver<Option<String>>,
     /// Telemetry, delivered by each session.
@@ -297,6 +317,7 @@ async fn attempt(
         slot: slot.subscribe(),
         desired: &channels.desired,
         reports: channels.reports.clone(),
+        agent_report: channels.agent_report.clone(),
         lock: channels.lock.clone(),
         telemetry: channels.telemetry.clone(),
         engine: channels.engine.clone(),

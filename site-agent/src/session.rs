@@ -8,7 +8,7 @@ use continuum_shared::labels::Labels;
 use continuum_shared::link::{FrameWriter, Link, LinkError};
 use continuum_shared::protocol::{
     AgentMessage, CloseCode, Heartbeat, Hello, PROTOCOL_VERSION, RefusalCode, ServerMessage,
-    StreamKind, TrustState, TrustStatus,
+    ServiceReport, StreamKind, TrustState, TrustStatus,
 };
 use continuum_shared::unix_now;
 use tokio::task::JoinHandle;
@@ -67,6 +67,8 @@ pub struct SessionContext<'a> {
     pub desired: &'a tokio::sync::watch::Sender<Option<DesiredState>>,
     /// The reconciler's service reports.
     pub reports: tokio::sync::watch::Receiver<Reports>,
+    /// The agent's own report (the service `continuum-agent`).
+    pub agent_report: tokio::sync::watch::Receiver<Option<ServiceReport>>,
     /// The site admin's update lock.
     pub lock: tokio::sync::watch::Receiver<Option<String>>,
     /// Telemetry to deliver while the session lasts.
@@ -143,6 +145,7 @@ async fn serve(
     });
     let (writer, reader) = stream.split();
     let messages = reader.spawn::<ServerMessage>();
+    let upgrade = crate::upgrade::state::UpgradeDir::new(ctx.state_dir);
     let mut session = Session {
         link,
         writer,
@@ -151,6 +154,7 @@ async fn serve(
         verifying: None,
         retry_at: None,
         sent: Reports::new(),
+        upgrade,
     };
     match session.run(messages, interval).await {
         Err(AgentError::Revoked(reason)) => Ok(SessionEnd::Revoked(reason)),
@@ -213,6 +217,8 @@ struct Session<'a, 'b> {
     retry_at: Option<Instant>,
     /// The service reports this session has sent.
     sent: Reports,
+    /// Where a trial of this build is recorded.
+    upgrade: crate::upgrade::state::UpgradeDir,
 }
 
 impl Session<'_, '_> {
@@ -226,7 +232,9 @@ impl Session<'_, '_> {
         let mut renew_at = renewal_deadline(self.ctx.identity);
         self.send_reports().await?;
         self.send_lock().await?;
-        let (mut reports_open, mut lock_open) = (true, true);
+        // A build on trial proves itself by verifying the desired state afresh.
+        self.maybe_verify().await;
+        let (mut reports_open, mut lock_open, mut agent_open) = (true, true, true);
         loop {
             let retry_at = self
                 .retry_at
@@ -280,6 +288,10 @@ impl Session<'_, '_> {
                     Ok(()) => self.send_reports().await?,
                     Err(_) => reports_open = false,
                 },
+                changed = self.ctx.agent_report.changed(), if agent_open => match changed {
+                    Ok(()) => self.send_reports().await?,
+                    Err(_) => agent_open = false,
+                },
                 changed = self.ctx.lock.changed(), if lock_open => match changed {
                     Ok(()) => self.send_lock().await?,
                     Err(_) => lock_open = false,
@@ -308,7 +320,8 @@ impl Session<'_, '_> {
     /// Starts verifying the announced generation if it is newer than the one in force
     /// and no verification is running.
     async fn maybe_verify(&mut self) {
-        if self.verifying.is_some() || self.wanted <= self.in_force() {
+        let trial = crate::upgrade::updater::on_trial(&self.upgrade);
+        if self.verifying.is_some() || (self.wanted <= self.in_force() && !trial) {
             return;
         }
         if let Err(e) = self.ensure_roots().await {
@@ -350,6 +363,14 @@ impl Session<'_, '_> {
                     "desired state verified and in force"
                 );
                 self.report(TrustState::Verified, None).await;
+                self.commit_trial().await?;
+            }
+            Ok(state)
+                if state.generation == self.in_force()
+                    && crate::upgrade::updater::on_trial(&self.upgrade) =>
+            {
+                self.report(TrustState::Verified, None).await;
+                self.commit_trial().await?;
             }
             Ok(state) => {
                 let reason = format!(
@@ -377,6 +398,30 @@ impl Session<'_, '_> {
         Ok(())
     }
 
+    /// Commits this build's trial, if it is on one: it reconnected and verified the
+    /// desired state; it reports itself, and the launcher keeps it.
+    async fn commit_trial(&mut self) -> Result<(), AgentError> {
+        if !crate::upgrade::updater::on_trial(&self.upgrade) {
+            return Ok(());
+        }
+        self.send_reports().await?;
+        crate::upgrade::updater::crash_point("upgrade-before-commit");
+        let from = self.upgrade.trial().ok().flatten().map(|t| t.from.version);
+        if crate::upgrade::updater::commit(&self.upgrade) {
+            self.ctx.telemetry.event(
+                EventKind::AgentUpdated,
+                Some(continuum_shared::manifest::AGENT_SERVICE),
+                Some(crate::VERSION),
+                format!(
+                    "agent updated from {} to {} and committed",
+                    from.as_deref().unwrap_or("?"),
+                    crate::VERSION
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Tells the control plane about the update lock as it is now.
     async fn send_lock(&mut self) -> Result<(), AgentError> {
         let lock = self.ctx.lock.borrow_and_update().clone();
@@ -388,7 +433,11 @@ impl Session<'_, '_> {
 
     /// Sends the control plane each service report that changed since it last heard.
     async fn send_reports(&mut self) -> Result<(), AgentError> {
-        let current = self.ctx.reports.borrow_and_update().clone();
+        let mut current = self.ctx.reports.borrow_and_update().clone();
+        let agent: Option<ServiceReport> = self.ctx.agent_report.borrow_and_update().clone();
+        if let Some(agent) = agent {
+            current.insert(agent.service.clone(), agent);
+        }
         for (name, report) in current {
             let known = self
                 .sent

@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub site_cert_ttl: String,
     /// Further `serve` arguments.
     pub extra: Vec<String>,
+    /// Environment of the CLI commands run against it.
+    pub cli_env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -64,6 +66,7 @@ impl Default for ServerOptions {
             heartbeat: "1s".into(),
             site_cert_ttl: "30days".into(),
             extra: Vec::new(),
+            cli_env: Vec::new(),
         }
     }
 }
@@ -269,9 +272,24 @@ impl Server {
             .env_remove("CONTINUUM_SERVER")
             .env_remove("CONTINUUM_TOKEN")
             .env_remove("CONTINUUM_CA")
+            .envs(self.options.cli_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .args(args);
         command
+    }
+
+    /// Writes a policy file into the policies directory and waits until the rollout
+    /// policy `name` it defines is in force.
+    pub fn install_policy(&self, file: &str, text: &str, name: &str) {
+        std::fs::write(self.data_dir.join("policies").join(file), text).expect("policy file");
+        wait::until(Duration::from_secs(20), "the policy to load", || {
+            let view = self.json(&["policies"]);
+            view["rollouts"]
+                .as_array()?
+                .iter()
+                .any(|r| r["name"] == name)
+                .then_some(())
+        });
     }
 
     /// Runs the CLI as another operator.

@@ -15,4 +15,5 @@ mod e2e {
     mod rollouts;
     mod telemetry;
     mod trust;
+    mod upgrade;
 }

@@ -26,6 +26,7 @@ fn verify(name: &str) -> (Result<DesiredState, TrustError>, serde_json::Value) {
     let in_force = DesiredState {
         generation: 0,
         releases: vec![],
+        agent: None,
         verified_at: 1,
     };
     in_force.save(state.path()).unwrap();
@@ -143,4 +144,70 @@ fn every_fixture_has_a_test() {
             "fixture {name} has no test"
         );
     }
+}
+
+/// Records the URLs a transport was asked for.
+#[derive(Debug, Clone)]
+struct Recording {
+    inner: FixtureTransport,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl tough::Transport for Recording {
+    async fn fetch(&self, url: url::Url) -> Result<tough::TransportStream, tough::TransportError> {
+        self.asked.lock().unwrap().push(url.to_string());
+        self.inner.fetch(url).await
+    }
+}
+
+#[test]
+fn an_unchanged_image_repository_is_not_fetched_again_and_a_changed_one_is_verified_in_full() {
+    let fixture = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures().join("valid"), fixture.path()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    copy_tree(&fixture.path().join("client"), state.path()).unwrap();
+    let transport = Recording {
+        inner: FixtureTransport::new(fixture.path()),
+        asked: Default::default(),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let verify = || runtime.block_on(trust::verify(state.path(), SITE, transport.clone()));
+    let image_roles = |asked: &[String]| {
+        asked
+            .iter()
+            .filter(|u| {
+                u.contains("//image/metadata/")
+                    && (u.ends_with("snapshot.json") || u.ends_with("targets.json"))
+            })
+            .count()
+    };
+
+    verify().unwrap();
+    assert!(
+        image_roles(&transport.asked.lock().unwrap()) >= 2,
+        "the first load fetches everything"
+    );
+    transport.asked.lock().unwrap().clear();
+    verify().unwrap();
+    let asked = transport.asked.lock().unwrap().clone();
+    assert_eq!(image_roles(&asked), 0, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .any(|u| u.ends_with("image/metadata/timestamp.json")),
+        "{asked:?}"
+    );
+
+    // The targets the timestamp pins are damaged, and the timestamp is served with other
+    // bytes (same signed content): the repository is loaded and checked in full again.
+    let metadata = fixture.path().join("repo/image/metadata");
+    let mut targets = std::fs::read(metadata.join("2.targets.json")).unwrap();
+    let at = targets.len() / 2;
+    targets[at] ^= 0x01;
+    std::fs::write(metadata.join("2.targets.json"), targets).unwrap();
+    let mut timestamp = std::fs::read(metadata.join("timestamp.json")).unwrap();
+    timestamp.push(b'\n');
+    std::fs::write(metadata.join("timestamp.json"), timestamp).unwrap();
+    assert!(matches!(verify(), Err(TrustError::Refused(_))));
 }

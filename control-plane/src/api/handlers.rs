@@ -143,7 +143,7 @@ pub async fn create_token(
         .install_urls
         .first()
         .filter(|_| !cp.settings.agents.arches().is_empty())
-        .map(|url| crate::install::one_liner(url, &cp.settings.tls_pin, &token));
+        .map(|url| crate::install::one_liner(url, cp.settings.tls_pin.as_deref(), &token));
     Ok(Json(TokenCreated {
         token,
         id: record.id,

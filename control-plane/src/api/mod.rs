@@ -4,6 +4,7 @@
 //! recorded in the audit log, whether it was allowed or not. `/openapi.json` describes
 //! the API; `/healthz` answers without a credential for load balancers and probes.
 
+mod agent_releases;
 mod auth;
 mod error;
 mod handlers;
@@ -50,6 +51,10 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             get(handlers::list_releases).post(handlers::publish_release),
         )
         .route("/v1/archives", post(handlers::upload_archive))
+        .route(
+            "/v1/agent-releases/{version}/{target}",
+            post(agent_releases::publish),
+        )
         .route("/v1/policies", get(handlers::policies))
         .route("/v1/events", get(telemetry::events))
         .route("/v1/sites/{name}/telemetry", get(telemetry::site_telemetry))
@@ -103,6 +108,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::list_releases,
         handlers::publish_release,
         handlers::upload_archive,
+        agent_releases::publish,
         handlers::policies,
         telemetry::events,
         telemetry::site_telemetry,
@@ -134,6 +140,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::Role,
         crate::model::Outcome,
         crate::model::ReleaseRecord,
+        crate::model::AgentBinaryRecord,
         crate::model::DesiredRecord,
         crate::model::DesiredRelease,
         crate::model::TrustReport,

@@ -48,6 +48,11 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         }
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
+        Command::AgentRelease(super::AgentReleaseCommand::Publish {
+            binary,
+            version,
+            target,
+        }) => super::releases::publish_agent(&api, out, &binary, &version, &target).await,
         Command::Policies => policies(&api, out).await,
         Command::Site(SiteCommand::Telemetry { name }) => {
             super::telemetry::site(&api, out, path_segment(&name)?).await
@@ -235,7 +240,9 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
             let labels = s
                 .labels
                 .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "hostname" | "agent_version"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "hostname" | "agent_version" | "agent_target")
+                })
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
@@ -246,7 +253,13 @@ async fn sites(api: &ApiClient, out: Output) -> anyhow::Result<()> {
                 } else {
                     s.status.clone()
                 },
-                or_dash(s.agent_version.as_ref()),
+                match (&s.agent_version, &s.agent_failed) {
+                    (Some(v), Some(failed)) => format!(
+                        "{v} ({} failed)",
+                        failed.split(':').next().unwrap_or(failed)
+                    ),
+                    (version, _) => or_dash(version.as_ref()),
+                },
                 or_dash(s.last_seen.as_ref()),
                 or_dash(s.remote_address.as_ref()),
                 service_summary(s),
@@ -362,6 +375,7 @@ fn show_site(out: Output, site: &SiteView) {
         vec!["name".into(), site.name.clone()],
         vec!["status".into(), site.status.clone()],
         vec!["agent version".into(), or_dash(site.agent_version.as_ref())],
+        vec!["failed upgrade".into(), or_dash(site.agent_failed.as_ref())],
         vec!["protocol".into(), or_dash(site.protocol_version)],
         vec!["address".into(), or_dash(site.remote_address.as_ref())],
         vec!["transport".into(), or_dash(site.transport.as_ref())],

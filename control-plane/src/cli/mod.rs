@@ -37,7 +37,8 @@ pub struct GlobalArgs {
     /// Operator credential.
     #[arg(long, global = true, env = "CONTINUUM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// CA certificate (PEM) to trust the control plane with.
+    /// CA certificate (PEM) to trust the control plane with. Default: the client
+    /// file's, else the system's roots (a control plane with a public certificate).
     #[arg(long, global = true, env = "CONTINUUM_CA")]
     pub ca: Option<PathBuf>,
     /// Output format of listings.
@@ -76,6 +77,9 @@ pub enum Command {
     /// Publish and list releases.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Publish agent binaries, rolled out as the service `continuum-agent`.
+    #[command(subcommand, name = "agent-release")]
+    AgentRelease(AgentReleaseCommand),
     /// List published releases.
     Releases,
     /// Show the rollout policies in force and any rejected policy files.
@@ -191,6 +195,16 @@ pub struct ServeArgs {
     /// How long telemetry (samples and events) is kept.
     #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
     pub telemetry_retention: Duration,
+    /// A publicly trusted certificate chain (PEM, leaf first) for the HTTPS listener,
+    /// in place of one from this control plane's own CA. It must cover the advertised
+    /// names; it is read again when the file changes (renewals need no restart). The
+    /// install line is then a plain `curl https://…` with no pin, and CLIs trust the
+    /// listener through their system's roots.
+    #[arg(long, env = "CONTINUUM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CONTINUUM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `continuum site …`.
@@ -242,6 +256,24 @@ pub enum ReleaseCommand {
         /// sites that reach no registry; `container.image` names the tag it holds.
         #[arg(long, value_name = "TAR")]
         image_archive: Option<PathBuf>,
+    },
+}
+
+/// `continuum agent-release …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentReleaseCommand {
+    /// Upload an agent binary and sign it into the image repository; then
+    /// `continuum rollout start continuum-agent VERSION` updates the fleet.
+    #[command(disable_version_flag = true)]
+    Publish {
+        /// The `continuum-agent` binary.
+        binary: PathBuf,
+        /// Its version (what `continuum-agent --version` of that binary says).
+        #[arg(long)]
+        version: String,
+        /// The target triple it was built for (default: this CLI's own).
+        #[arg(long, default_value = crate::agent_releases::BUILD_TARGET)]
+        target: String,
     },
 }
 

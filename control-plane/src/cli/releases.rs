@@ -27,6 +27,35 @@ pub async fn run(api: &ApiClient, out: Output, command: ReleaseCommand) -> anyho
     }
 }
 
+/// `continuum agent-release publish`: uploads the binary, which the control plane signs.
+pub async fn publish_agent(
+    api: &ApiClient,
+    out: Output,
+    binary: &Path,
+    version: &str,
+    target: &str,
+) -> anyhow::Result<()> {
+    crate::agent_releases::check(version, target).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let path = format!("/v1/agent-releases/{version}/{target}");
+    let record: ReleaseRecord = api
+        .post_bytes(&path, "application/octet-stream", bytes)
+        .await?;
+    match out {
+        Output::Json => print(out, &record, &[], vec![]),
+        Output::Table => {
+            let binary = record.agent_binaries.get(target);
+            println!(
+                "published agent {version} for {target} ({} bytes, sha256 {}); roll it out with `continuum rollout start {} {version}`",
+                binary.map_or(0, |b| b.length),
+                binary.map_or("?", |b| b.sha256.as_str()),
+                record.service
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn publish(
     api: &ApiClient,
     out: Output,

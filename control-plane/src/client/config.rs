@@ -19,7 +19,9 @@ pub struct ClientFile {
     pub server: String,
     /// The operator credential.
     pub token: String,
-    /// The control plane's CA certificate (PEM), which the CLI trusts.
+    /// The control plane's CA certificate (PEM), which the CLI trusts; empty when the
+    /// control plane has a publicly trusted certificate and the system's roots apply.
+    #[serde(default)]
     pub ca: String,
 }
 
@@ -67,7 +69,7 @@ pub struct Endpoint {
     pub server: String,
     /// Operator credential.
     pub token: String,
-    /// CA certificate to trust (PEM).
+    /// CA certificate to trust (PEM); empty: the system's roots.
     pub ca_pem: String,
 }
 
@@ -94,10 +96,11 @@ pub fn resolve(
         .map(str::to_owned)
         .or_else(|| file.as_ref().map(|f| f.token.clone()));
     match (server, token) {
-        (Some(server), Some(token)) if !ca_pem.is_empty() => Ok(Endpoint { server, token, ca_pem }),
-        (Some(_), Some(_)) => Err(ClientError::Config(
-            "no CA certificate to trust the control plane with: pass --ca FILE (the data directory's ca.crt)".into(),
-        )),
+        (Some(server), Some(token)) => Ok(Endpoint {
+            server,
+            token,
+            ca_pem,
+        }),
         _ => Err(ClientError::Config(
             "no control plane configured: run `continuum serve` in this directory, or pass --server URL and --token CREDENTIAL (or set CONTINUUM_SERVER and CONTINUUM_TOKEN)".into(),
         )),

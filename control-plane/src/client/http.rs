@@ -54,10 +54,13 @@ pub struct ApiClient {
     server_name: ServerName<'static>,
     token: String,
     tls: tokio_rustls::TlsConnector,
+    /// Whether the server is trusted through the system's roots rather than a given CA.
+    system_roots: bool,
 }
 
 impl ApiClient {
-    /// A client for `endpoint`, trusting only its CA.
+    /// A client for `endpoint`, trusting only its CA, or the system's roots when none is
+    /// given (a control plane with a publicly trusted certificate).
     pub fn new(endpoint: &Endpoint) -> Result<Self, ClientError> {
         use rustls::pki_types::pem::PemObject;
         let rest = endpoint.server.strip_prefix("https://").ok_or_else(|| {
@@ -77,6 +80,15 @@ impl ApiClient {
             })?;
         let server_name = continuum_shared::tls::server_name(&host).map_err(ClientError::Config)?;
         let mut roots = rustls::RootCertStore::empty();
+        if endpoint.ca_pem.trim().is_empty() {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(ClientError::Config(
+                    "no CA certificate given and no usable one in the system's trust store: pass --ca FILE (the data directory's ca.crt)".into(),
+                ));
+            }
+        }
         for cert in CertificateDer::pem_slice_iter(endpoint.ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| ClientError::Config(format!("CA certificate: {e}")))?;
             roots
@@ -97,6 +109,7 @@ impl ApiClient {
             server_name,
             token: endpoint.token.clone(),
             tls: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            system_roots: endpoint.ca_pem.trim().is_empty(),
         })
     }
 
@@ -226,7 +239,16 @@ impl ApiClient {
             .tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| self.connect_error(format!("TLS: {e}")))?;
+            .map_err(|e| {
+                let hint = if self.system_roots
+                    && e.to_string().contains("UnknownIssuer")
+                {
+                    " (the server's certificate is not publicly trusted; pass --ca FILE, the control plane's ca.crt)"
+                } else {
+                    ""
+                };
+                self.connect_error(format!("TLS: {e}{hint}"))
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| self.connect_error(e.to_string()))?;

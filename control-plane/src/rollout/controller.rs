@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use continuum_shared::unix_now;
-use futures_util::StreamExt;
 use tracing::{info, warn};
 
 use super::plan::{Candidate, Plan, plan};
@@ -25,9 +24,6 @@ static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Wakes the loop at once when a rollout starts or an operator acts on one.
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Sites whose desired state is signed at once.
-const PARALLEL_SIGNING: usize = 8;
 
 /// How often active rollouts are stepped.
 const TICK: Duration = Duration::from_secs(1);
@@ -68,15 +64,22 @@ pub fn dry_run(
             "release {service} {version} is not published; see `continuum releases`"
         ))
     })?;
-    let manifest = read_manifest(cp, &release)?;
-    let policy_name = policy.unwrap_or(&manifest.placement.rollout).to_owned();
+    let agent = service == continuum_shared::manifest::AGENT_SERVICE;
+    // Agent releases have no manifest: the default policy, and no placement of their own.
+    let (own_policy, require_text) = if agent {
+        ("default".to_owned(), None)
+    } else {
+        let manifest = read_manifest(cp, &release)?;
+        (manifest.placement.rollout, manifest.placement.require)
+    };
+    let policy_name = policy.unwrap_or(&own_policy).to_owned();
     let snapshot = cp.policies.snapshot();
     let policy = snapshot.rollout(&policy_name).ok_or_else(|| {
         RolloutError::Invalid(format!(
             "no rollout policy named {policy_name:?} is in force; see `continuum policies`"
         ))
     })?;
-    let require = match &manifest.placement.require {
+    let require = match &require_text {
         Some(text) => Some(Selector::compile(text).map_err(|e| {
             RolloutError::Invalid(format!(
                 "the release's placement.require: the expression {e}"
@@ -84,15 +87,28 @@ pub fn dry_run(
         })?),
         None => None,
     };
+    let mut unfit = std::collections::BTreeMap::new();
     let candidates: Vec<Candidate> = sites::list(cp)?
         .into_iter()
+        .filter(|s| {
+            if !agent || s.revoked_at.is_some() {
+                return true;
+            }
+            match crate::agent_releases::binary_for(&release, &s.labels()) {
+                Ok(_) => true,
+                Err(why) => {
+                    unfit.insert(s.name.clone(), why);
+                    false
+                }
+            }
+        })
         .map(|s| Candidate {
             labels: s.labels(),
             revoked: s.revoked_at.is_some(),
             name: s.name,
         })
         .collect();
-    let planned = plan(
+    let mut planned = plan(
         service,
         version,
         &candidates,
@@ -100,6 +116,7 @@ pub fn dry_run(
         &snapshot.excludes().collect::<Vec<_>>(),
         policy,
     );
+    planned.excluded.extend(unfit);
     let gates = Gates {
         policy: policy.name.clone(),
         bake_secs: policy.bake.as_secs(),
@@ -295,27 +312,13 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
         let before = rollout.clone();
         let actions = step(&mut rollout, &fleet, now.as_second());
         let actor = format!("rollout {}", rollout.id);
-        // Sites are signed side by side: each has its own metadata.
-        let service = rollout.service.clone();
-        let results: Vec<_> = futures_util::stream::iter(actions)
-            .map(|action| {
-                let (actor, service) = (&actor, &service);
-                async move {
-                    let result = desired::set_release(
-                        cp,
-                        &action.site,
-                        service,
-                        action.version.as_deref(),
-                        actor,
-                    )
-                    .await;
-                    (action, result)
-                }
-            })
-            .buffer_unordered(PARALLEL_SIGNING)
-            .collect()
-            .await;
-        for (action, result) in results {
+        // One batch: sites are signed side by side and made durable together.
+        let changes: Vec<(String, Option<String>)> = actions
+            .iter()
+            .map(|a| (a.site.clone(), a.version.clone()))
+            .collect();
+        let results = desired::set_releases(cp, &rollout.service, &changes, &actor).await;
+        for (action, result) in actions.iter().zip(results) {
             if let Err(e) = result {
                 warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");
                 // Not started after all: the next step starts it again.

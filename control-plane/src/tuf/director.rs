@@ -92,11 +92,14 @@ impl Director {
     }
 
     /// Signs `entries` as `site`'s desired state at `generation` (the targets version).
+    /// Unless `durable`, the files are written without waiting for the disk and the
+    /// caller must sync the file system (see [`sync`](Self::sync)) before telling anyone.
     pub async fn set(
         &self,
         site: &str,
         generation: u64,
         entries: &[Entry],
+        durable: bool,
     ) -> Result<(), TufError> {
         let _writer = self.writer.read().await;
         let (root, _) = self.root()?;
@@ -122,8 +125,13 @@ impl Director {
             targets.targets.insert(name, target);
         }
         let signed = sign(targets, &root.signed, &[&key]).await?;
+        let dir = if durable {
+            self.site(site)
+        } else {
+            self.site(site).deferred()
+        };
         commit_targets(
-            &self.site(site),
+            &dir,
             &root.signed,
             signed.buffer(),
             version,
@@ -131,6 +139,23 @@ impl Director {
             &self.lifetimes,
         )
         .await
+    }
+
+    /// Makes every deferred write durable: one sync of the file system the sites'
+    /// metadata lives on, instead of one per file.
+    pub async fn sync(&self) -> Result<(), TufError> {
+        let dir = self.sites.clone();
+        tokio::task::spawn_blocking(move || {
+            let handle = match std::fs::File::open(&dir) {
+                Ok(handle) => handle,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            rustix::fs::syncfs(&handle).map_err(std::io::Error::from)
+        })
+        .await
+        .map_err(|e| TufError::Io(e.to_string()))?
+        .map_err(|e| TufError::Io(format!("syncing the director's metadata: {e}")))
     }
 
     /// Replaces the director key: a new root naming only the new key, signed by the old

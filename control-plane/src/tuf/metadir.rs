@@ -19,6 +19,8 @@ pub type RootFile = (Signed<Root>, Vec<u8>);
 #[derive(Debug, Clone)]
 pub struct MetaDir {
     path: PathBuf,
+    /// Whether each write waits for the disk (else the caller syncs the file system).
+    durable: bool,
 }
 
 /// Whether a file name is one a repository serves: `N.role.json` or `role.json`, plain
@@ -35,7 +37,17 @@ pub fn safe_name(name: &str) -> bool {
 impl MetaDir {
     /// The directory at `path` (created on first write).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        MetaDir { path: path.into() }
+        MetaDir {
+            path: path.into(),
+            durable: true,
+        }
+    }
+
+    /// The same directory, written without waiting for the disk: for batches that sync
+    /// the whole file system once before anyone is told of them.
+    pub fn deferred(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// Where it is.
@@ -68,8 +80,13 @@ impl MetaDir {
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), TufError> {
         continuum_shared::files::create_private_dir(&self.path)
             .map_err(|e| TufError::Io(e.to_string()))?;
-        continuum_shared::files::write_private(&self.path.join(name), bytes)
-            .map_err(|e| TufError::Io(e.to_string()))
+        let path = self.path.join(name);
+        let written = if self.durable {
+            continuum_shared::files::write_private(&path, bytes)
+        } else {
+            continuum_shared::files::write_private_fast(&path, bytes)
+        };
+        written.map_err(|e| TufError::Io(e.to_string()))
     }
 
     /// The highest N for which `N.<suffix>` exists.

@@ -55,7 +55,8 @@ fn name_ok(name: &str) -> bool {
     crate::names::check_name("service", name).is_ok()
 }
 
-fn version_ok(version: &str) -> bool {
+/// Whether `version` is a release version: 1 to 64 letters, digits, `. _ + -`.
+pub fn version_ok(version: &str) -> bool {
     !version.is_empty()
         && version.len() <= 64
         && version.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -485,6 +486,12 @@ pub fn release(
             &raw.service.name,
             "service.name",
             "1 to 63 lower-case letters, digits, - _ ., starting with a letter or digit",
+        );
+    } else if raw.service.name.get_ref() == super::AGENT_SERVICE {
+        c.at(
+            &raw.service.name,
+            "service.name",
+            "continuum-agent is reserved for the agent's own releases (continuum agent-release publish)",
         );
     }
     if !version_ok(raw.service.version.get_ref()) {

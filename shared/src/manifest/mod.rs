@@ -293,6 +293,41 @@ impl ImageArchive {
     }
 }
 
+/// The service name under which agent releases are rolled out; no service may take it.
+pub const AGENT_SERVICE: &str = "continuum-agent";
+
+/// The image-repository target name of the agent binary of `version` for `triple`
+/// (a Rust target triple such as `x86_64-unknown-linux-gnu`).
+pub fn agent_target_name(version: &str, triple: &str) -> String {
+    format!("agents/{AGENT_SERVICE}/{version}/{triple}")
+}
+
+/// The version and target triple an agent binary's target name holds.
+pub fn parse_agent_target_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix("agents/")?.strip_prefix(AGENT_SERVICE)?;
+    let (version, triple) = rest.strip_prefix('/')?.split_once('/')?;
+    (check::version_ok(version) && triple_ok(triple)).then_some((version, triple))
+}
+
+/// Whether `version` is a release version: 1 to 64 letters, digits, `. _ + -`,
+/// starting with a letter or digit.
+pub fn version_ok(version: &str) -> bool {
+    check::version_ok(version)
+}
+
+/// Whether `triple` looks like a Rust target triple: 2 to 5 parts of lower-case
+/// letters, digits and `_`, joined by `-`.
+pub fn triple_ok(triple: &str) -> bool {
+    let parts = triple.split('-').count();
+    (2..=5).contains(&parts)
+        && triple.len() <= 64
+        && triple.split('-').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
 /// The image-repository target name of a release's image archive.
 pub fn archive_target_name(service: &str, version: &str) -> String {
     format!("images/{service}/{version}.tar")

@@ -208,3 +208,39 @@ fn https_health_checks_are_refused_with_a_way_out() {
     assert_eq!(found[0].field, "health.http");
     assert!(found[0].message.contains("use tcp"), "{}", found[0].message);
 }
+
+#[test]
+fn the_agent_service_name_is_reserved() {
+    let text = good().replacen("name = \"xcache\"", "name = \"continuum-agent\"", 1);
+    assert_ne!(text, good(), "the example names its service xcache");
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.field == "service.name" && p.message.contains("reserved")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn agent_binary_target_names_round_trip_and_odd_ones_are_refused() {
+    let name = agent_target_name("2.1.0", "x86_64-unknown-linux-gnu");
+    assert_eq!(
+        name,
+        "agents/continuum-agent/2.1.0/x86_64-unknown-linux-gnu"
+    );
+    assert_eq!(
+        parse_agent_target_name(&name),
+        Some(("2.1.0", "x86_64-unknown-linux-gnu"))
+    );
+    for odd in [
+        "agents/continuum-agent/2.1.0",
+        "agents/other/2.1.0/x86_64-unknown-linux-gnu",
+        "agents/continuum-agent/../x86_64-unknown-linux-gnu",
+        "agents/continuum-agent/2.1.0/x86_64/../../etc",
+        "agents/continuum-agent/2.1.0/X86",
+        "releases/continuum-agent/2.1.0.toml",
+    ] {
+        assert_eq!(parse_agent_target_name(odd), None, "{odd}");
+    }
+}

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use continuum_shared::files::{StreamWriteError, write_stream_hashed};
 use continuum_shared::manifest::ImageArchive;
-use tough::Transport;
 
 use crate::engine::{Engine, EngineError};
-use crate::trust::{FetchLimits, LinkSlot, LinkTransport, VerifiedRelease};
+use crate::trust::artifact::{self, ArtifactError};
+use crate::trust::{LinkSlot, VerifiedRelease};
 
 /// Why an image is not there.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +70,7 @@ fn staging(state_dir: &Path) -> PathBuf {
     state_dir.join("images")
 }
 
-/// Downloads an archive through the control-plane link into the staging directory,
-/// checking its length and SHA-256 as the bytes arrive. The transport resumes a broken
-/// transfer from where it stopped.
+/// Downloads an archive through the control-plane link into the staging directory.
 async fn fetch_archive(
     state_dir: &Path,
     link: &LinkSlot,
@@ -83,37 +80,14 @@ async fn fetch_archive(
     continuum_shared::files::create_private_dir(&dir)
         .map_err(|e| ImageError::Fetch(e.to_string()))?;
     let path = dir.join(format!("{}.tar", archive.sha256));
-    let url = url::Url::parse(&format!(
-        "continuum://image/targets/{}.{}",
-        archive.sha256, archive.target
-    ))
-    .map_err(|e| ImageError::Fetch(e.to_string()))?;
-    let limits = FetchLimits {
-        max_target: archive.length,
-        ..FetchLimits::default()
+    let target = artifact::Signed {
+        name: &archive.target,
+        sha256: &archive.sha256,
+        length: archive.length,
     };
-    let transport = LinkTransport::new(link.clone(), limits);
-    let stream = transport
-        .fetch(url)
-        .await
-        .map_err(|e| ImageError::Fetch(e.to_string()))?;
-    let written = write_stream_hashed(&path, stream, archive.length).await;
-    let (sha256, length) = match written {
-        Ok((sha256, length)) => (continuum_shared::tls::hex(&sha256), length),
-        Err(StreamWriteError::TooLong(_)) => {
-            return Err(ImageError::Tampered(format!(
-                "the archive {} is longer than the {} bytes signed: refused",
-                archive.target, archive.length
-            )));
-        }
-        Err(e) => return Err(ImageError::Fetch(e.to_string())),
-    };
-    if length != archive.length || sha256 != archive.sha256 {
-        let _ = std::fs::remove_file(&path);
-        return Err(ImageError::Tampered(format!(
-            "the archive {} arrived as {length} bytes with SHA-256 {sha256}; the release signed {} bytes with {}: refused",
-            archive.target, archive.length, archive.sha256
-        )));
+    match artifact::fetch(link, target, &path).await {
+        Ok(()) => Ok(path),
+        Err(ArtifactError::Unavailable(e)) => Err(ImageError::Fetch(e)),
+        Err(ArtifactError::Tampered(e)) => Err(ImageError::Tampered(format!("the archive {e}"))),
     }
-    Ok(path)
 }

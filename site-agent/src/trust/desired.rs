@@ -24,6 +24,20 @@ pub struct VerifiedRelease {
     pub archive: Option<ImageArchive>,
 }
 
+/// The agent binary the director asks this site to run, as the image repository
+/// vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBinary {
+    /// Its image-repository target name.
+    pub target: String,
+    /// The agent version.
+    pub version: String,
+    /// SHA-256 of the binary, hex.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub length: u64,
+}
+
 /// A verified desired state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredState {
@@ -31,6 +45,9 @@ pub struct DesiredState {
     pub generation: u64,
     /// What this site should run.
     pub releases: Vec<VerifiedRelease>,
+    /// The agent build this site should run, if the director names one.
+    #[serde(default)]
+    pub agent: Option<AgentBinary>,
     /// When it verified, Unix seconds.
     pub verified_at: i64,
 }

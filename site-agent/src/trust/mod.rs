@@ -11,7 +11,9 @@
 //! the channel the token's CA pin protects, in `<state dir>/tuf/*-initial-root.json`.
 //! Expired metadata stops new state from being accepted, never what already runs.
 
+pub mod artifact;
 pub mod desired;
+mod image_cache;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use tough::schema::{Signed, Targets};
 use tough::{ExpirationEnforcement, Limits, Repository, RepositoryLoader};
 use url::Url;
 
-pub use desired::{DesiredState, VerifiedRelease};
+pub use desired::{AgentBinary, DesiredState, VerifiedRelease};
 pub use transport::{FetchLimits, LinkSlot, LinkTransport};
 
 /// Which of the two repositories.
@@ -198,6 +200,28 @@ fn signed_archive(
     }
 }
 
+/// Fetches a release manifest from the image repository (tough checks its length and
+/// hashes against the signed targets) and parses it.
+async fn read_manifest(
+    image: &Repository,
+    name: &tough::TargetName,
+) -> Result<manifest::Release, TrustError> {
+    let stream = image
+        .read_target(name)
+        .await
+        .map_err(|e| classify(Repo::Image, e))?
+        .ok_or_else(|| {
+            TrustError::Refused(format!("{:?} is not in the image repository", name.raw()))
+        })?;
+    let bytes = tough::IntoVec::into_vec(stream)
+        .await
+        .map_err(|e| classify(Repo::Image, e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| TrustError::Refused(format!("{:?} is not UTF-8 text", name.raw())))?;
+    manifest::parse(name.raw(), &text, ImageSource::Archive)
+        .map_err(|e| TrustError::Refused(e.to_string()))
+}
+
 /// Verifies the newest desired state for `site`: both repositories, Uptane's agreement
 /// rule, and each release manifest's bytes. Nothing is stored here.
 pub async fn verify<T: tough::Transport + Clone + 'static>(
@@ -206,7 +230,22 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
     transport: T,
 ) -> Result<DesiredState, TrustError> {
     let director = load(state_dir, Repo::Director, transport.clone()).await?;
-    let image = load(state_dir, Repo::Image, transport).await?;
+    let image = match image_cache::reuse(state_dir, &transport).await {
+        image_cache::Lookup::Hit(image) => *image,
+        image_cache::Lookup::Miss(served) => {
+            let image = load(state_dir, Repo::Image, transport).await?;
+            if let Some(timestamp) = served {
+                image_cache::remember(state_dir, timestamp, &image);
+            }
+            image
+        }
+    };
+    // Manifests already verified, by target name and hash: their bytes need no refetch.
+    let known: Vec<VerifiedRelease> = DesiredState::load(state_dir)
+        .ok()
+        .flatten()
+        .map(|d| d.releases)
+        .unwrap_or_default();
     let wanted = director.targets();
     match bound_site(wanted) {
         Some(bound) if bound == site => {}
@@ -223,6 +262,7 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
     }
     let generation = wanted.signed.version.get();
     let mut releases = Vec::new();
+    let mut agent = None;
     for (name, entry) in &wanted.signed.targets {
         let vouched = image.targets().signed.targets.get(name);
         let agrees = vouched
@@ -233,20 +273,34 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
                 name.raw()
             )));
         }
-        let stream = image
-            .read_target(name)
-            .await
-            .map_err(|e| classify(Repo::Image, e))?
-            .ok_or_else(|| {
-                TrustError::Refused(format!("{:?} is not in the image repository", name.raw()))
-            })?;
-        let bytes = tough::IntoVec::into_vec(stream)
-            .await
-            .map_err(|e| classify(Repo::Image, e))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| TrustError::Refused(format!("{:?} is not UTF-8 text", name.raw())))?;
-        let release = manifest::parse(name.raw(), &text, ImageSource::Archive)
-            .map_err(|e| TrustError::Refused(e.to_string()))?;
+        if let Some((version, triple)) = manifest::parse_agent_target_name(name.raw()) {
+            if triple != crate::TARGET {
+                return Err(TrustError::Refused(format!(
+                    "the director names the agent binary for {triple}; this agent is built for {}",
+                    crate::TARGET
+                )));
+            }
+            if agent.is_some() {
+                return Err(TrustError::Refused(
+                    "the director names more than one agent binary".into(),
+                ));
+            }
+            agent = Some(AgentBinary {
+                target: name.raw().to_owned(),
+                version: version.to_owned(),
+                sha256: continuum_shared::tls::hex(&entry.hashes.sha256),
+                length: entry.length,
+            });
+            continue;
+        }
+        let sha256 = continuum_shared::tls::hex(&entry.hashes.sha256);
+        let release = match known
+            .iter()
+            .find(|k| k.target == name.raw() && k.sha256 == sha256)
+        {
+            Some(known) => known.release.clone(),
+            None => read_manifest(&image, name).await?,
+        };
         if manifest::target_name(&release.service, &release.version) != name.raw() {
             return Err(TrustError::Refused(format!(
                 "{:?} holds the manifest of {} {}, not what its name says",
@@ -261,7 +315,7 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
         };
         releases.push(VerifiedRelease {
             target: name.raw().to_owned(),
-            sha256: continuum_shared::tls::hex(&entry.hashes.sha256),
+            sha256,
             release,
             archive,
         });
@@ -269,6 +323,7 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
     Ok(DesiredState {
         generation,
         releases,
+        agent,
         verified_at: continuum_shared::unix_now(),
     })
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use continuum_tests::docker::{Cleanup, unique};
-use continuum_tests::server::Server;
+use continuum_tests::server::{Server, ServerOptions};
 use continuum_tests::wait;
 
 /// A minimal Debian image, built once per machine from Debian's packages.
@@ -111,11 +111,11 @@ impl Site {
         self.sh("root", &format!("test -e '{path}'")).code == 0
     }
 
-    /// How many agent processes run in the container.
+    /// How many agent processes run in the container (launchers not counted).
     fn agents(&self) -> usize {
         let ran = self.sh(
             "root",
-            "for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep -c 'bin/continuum-agent$' || true",
+            "for p in /proc/[0-9]*; do readlink $p/exe; done 2>/dev/null | grep -c '/continuum-agent$' || true",
         );
         ran.out.trim().parse().unwrap_or(0)
     }
@@ -275,6 +275,149 @@ fn failures_say_what_went_wrong_and_leave_the_site_as_it_was() {
     untouched(&site);
 }
 
+/// A CA standing in for a public one, and a certificate it issued for loopback.
+struct PublicPki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+    dir: tempfile::TempDir,
+}
+
+impl PublicPki {
+    fn new() -> PublicPki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Test Public Root CA");
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        PublicPki {
+            ca: rcgen::Issuer::new(params, key),
+            ca_pem,
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Issues a certificate for loopback into tls.crt and tls.key; returns its DER.
+    fn issue(&self) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        std::fs::write(self.path("tls.key.new"), key.serialize_pem()).unwrap();
+        std::fs::write(self.path("tls.crt.new"), cert.pem()).unwrap();
+        // As renewal tools do: each file replaced whole.
+        std::fs::rename(self.path("tls.key.new"), self.path("tls.key")).unwrap();
+        std::fs::rename(self.path("tls.crt.new"), self.path("tls.crt")).unwrap();
+        cert.der().to_vec()
+    }
+
+    /// The leaf certificate the listener at `api` (`https://host:port`) presents.
+    fn served(&self, api: &str) -> Vec<u8> {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(continuum_shared::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(api.trim_start_matches("https://")).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp)
+                .expect("the handshake with the public certificate");
+        }
+        tls.peer_certificates().unwrap()[0].to_vec()
+    }
+}
+
+#[test]
+fn with_a_publicly_trusted_certificate_the_line_is_plain_https_and_renewals_need_no_restart() {
+    let pki = PublicPki::new();
+    let first = pki.issue();
+    let server = Server::start_with(ServerOptions {
+        extra: vec![
+            "--tls-cert".into(),
+            pki.path("tls.crt"),
+            "--tls-key".into(),
+            pki.path("tls.key"),
+        ],
+        // The operator's machine trusts the "public" CA as a system root.
+        cli_env: vec![("SSL_CERT_FILE".into(), pki.path("ca.pem"))],
+        ..ServerOptions::default()
+    });
+    assert_eq!(pki.served(&server.api), first);
+
+    let line = install_line(&server, "deb-public", &[]);
+    assert!(line.starts_with("curl -fsSL https://127.0.0.1:"), "{line}");
+    assert!(
+        !line.contains("pinnedpubkey") && !line.contains(" -k"),
+        "{line}"
+    );
+
+    // A site that trusts the public roots installs with the line as printed.
+    let site = Site::start();
+    let copied = Command::new("docker")
+        .args(["cp", &pki.path("ca.pem")])
+        .arg(format!(
+            "{}:/usr/local/share/ca-certificates/public-test-ca.crt",
+            site.name
+        ))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    assert_ok(
+        &site.sh("root", "update-ca-certificates"),
+        "update-ca-certificates",
+    );
+    let installed = site.sh("root", &format!("{line} --engine none"));
+    assert_ok(&installed, "the install");
+    assert!(installed.out.contains("supervisor"), "{}", installed.out);
+    server.wait_online("deb-public");
+
+    // The CLI trusts the listener through the system's roots; without them it says why.
+    let untrusted = server
+        .cli_command(&["sites"])
+        .env_remove("SSL_CERT_FILE")
+        .env("SSL_CERT_DIR", pki.path("no-such-dir"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success());
+    assert!(
+        said.contains("not publicly trusted") || said.contains("system's trust store"),
+        "{said}"
+    );
+
+    // A renewal is served without a restart, and a broken one is not.
+    let renewed = pki.issue();
+    wait::until(Duration::from_secs(10), "the renewed certificate", || {
+        (pki.served(&server.api) == renewed).then_some(())
+    });
+    std::fs::write(pki.path("tls.key"), "half-written").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pki.served(&server.api), renewed);
+    server.cli(&["sites"]).ok();
+}
+
 #[test]
 fn the_systemd_units_and_openrc_script_pass_their_checks_and_so_does_the_installer() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/install.sh");
@@ -288,12 +431,17 @@ fn the_systemd_units_and_openrc_script_pass_their_checks_and_so_does_the_install
         String::from_utf8_lossy(&check.stdout)
     );
     let prefix = tempfile::tempdir().unwrap();
-    std::fs::create_dir(prefix.path().join("bin")).unwrap();
-    std::os::unix::fs::symlink(
-        continuum_tests::bins::binary("continuum-agent"),
-        prefix.path().join("bin/continuum-agent"),
-    )
-    .unwrap();
+    std::fs::create_dir_all(prefix.path().join("lib/continuum-agent")).unwrap();
+    for installed in [
+        "lib/continuum-agent/launcher",
+        "lib/continuum-agent/continuum-agent",
+    ] {
+        std::os::unix::fs::symlink(
+            continuum_tests::bins::binary("continuum-agent"),
+            prefix.path().join(installed),
+        )
+        .unwrap();
+    }
     let unit = Command::new("sh")
         .arg(script)
         .args(["--print-systemd-unit", "--prefix"])
@@ -306,6 +454,8 @@ fn the_systemd_units_and_openrc_script_pass_their_checks_and_so_does_the_install
     let text = String::from_utf8_lossy(&unit.stdout);
     assert!(text.contains("RestartPreventExitStatus=3"), "{text}");
     assert!(text.contains("StartLimitIntervalSec=0"), "{text}");
+    assert!(text.contains("launcher --state-dir"), "{text}");
+    assert!(text.contains("launch --agent"), "{text}");
     verify_unit(&file);
 
     // The user unit a site without root gets.

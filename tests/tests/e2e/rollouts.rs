@@ -89,16 +89,7 @@ fn a_two_wave_rollout_completes_and_a_failing_release_stops_after_the_canary() {
         server.wait_online(site);
         agents.push(agent);
     }
-    std::fs::write(server.data_dir().join("policies/two.toml"), POLICY).unwrap();
-    wait::until(Duration::from_secs(20), "the policy to load", || {
-        let view = server.json(&["policies"]);
-        view["rollouts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["name"] == "two")
-            .then_some(())
-    });
+    server.install_policy("two.toml", POLICY, "two");
     for (version, path) in [("1", "/"), ("2", "/"), ("3", "/missing")] {
         let file = write(
             server.root(),

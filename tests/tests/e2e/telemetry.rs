@@ -517,12 +517,14 @@ interval = "1s"
         .map(|l| l.trim_start_matches("tick ").parse().unwrap())
         .collect();
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    // A sample taken before the first health verdict says unhealthy: wait for one
+    // taken after it.
     let telemetry = wait::until(LIMIT, "the service's container statistics", || {
         let telemetry = server.json(&["site", "telemetry", &site]);
-        telemetry["services"]["talker"]["continuum_service_memory_bytes"]
-            .as_f64()
-            .filter(|m| *m > 0.0)
-            .map(|_| telemetry)
+        let service = &telemetry["services"]["talker"];
+        (service["continuum_service_memory_bytes"].as_f64()? > 0.0
+            && service["continuum_service_healthy"] == 1.0)
+            .then_some(telemetry)
     });
     assert_eq!(
         telemetry["services"]["talker"]["continuum_service_healthy"],

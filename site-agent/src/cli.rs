@@ -181,15 +181,19 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                 tracing::info!(site = %identity.site, "joined with the token file");
             }
             let engine = engine.unwrap_or_else(crate::engine::default_address);
-            let deploy = (engine != "none").then(|| crate::deploy::Settings {
-                engine,
-                interval: reconcile_interval.max(Duration::from_millis(100)),
-            });
+            let services = if engine == "none" {
+                crate::run::Services::None
+            } else {
+                crate::run::Services::Engine(crate::deploy::Settings {
+                    engine,
+                    interval: reconcile_interval.max(Duration::from_millis(100)),
+                })
+            };
             let options = RunOptions {
                 state_dir,
                 reconnect_base,
                 reconnect_max,
-                deploy,
+                services,
                 telemetry: crate::telemetry::Settings {
                     interval: metrics_interval,
                     outbox_limit: outbox_size,

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use continuum_shared::backoff::Backoff;
@@ -32,10 +33,33 @@ pub struct RunOptions {
     pub reconnect_base: Duration,
     /// Largest reconnect delay.
     pub reconnect_max: Duration,
-    /// How containers are run; `None` when this agent deploys nothing.
-    pub deploy: Option<crate::deploy::Settings>,
+    /// What runs the services of the desired state.
+    pub services: Services,
     /// How telemetry is taken and kept.
     pub telemetry: crate::telemetry::Settings,
+}
+
+/// What runs the services that the verified desired state names.
+#[derive(Clone)]
+pub enum Services {
+    /// Nothing: the agent verifies and keeps the desired state, and updates itself.
+    None,
+    /// Containers through the engine, reconciled by the agent.
+    Engine(crate::deploy::Settings),
+    /// Something outside the agent runs them and says how they stand: it is handed
+    /// each desired state that goes into force and answers with the reports to send.
+    /// The fleet simulator models thousands of sites in one process this way.
+    Reported(Arc<dyn Fn(&DesiredState) -> crate::deploy::Reports + Send + Sync>),
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Services::None => f.write_str("None"),
+            Services::Engine(settings) => f.debug_tuple("Engine").field(settings).finish(),
+            Services::Reported(_) => f.write_str("Reported"),
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves (Ok) or the site is revoked (Err).
@@ -65,7 +89,10 @@ pub async fn run(
         None,
         format!("agent {} started", crate::VERSION),
     );
-    let engine = options.deploy.as_ref().map(|d| d.engine.clone());
+    let engine = match &options.services {
+        Services::Engine(settings) => Some(settings.engine.clone()),
+        _ => None,
+    };
     let background = [
         tokio::spawn(telemetry.clone().keep_flushed()),
         tokio::spawn(crate::telemetry::collect(
@@ -80,8 +107,8 @@ pub async fn run(
             },
         )),
     ];
-    let reconciler = match options.deploy.clone() {
-        Some(settings) => {
+    let reconciler = match options.services.clone() {
+        Services::Engine(settings) => {
             let reconciler = Reconciler::new(
                 identity.site.clone(),
                 options.state_dir.clone(),
@@ -96,7 +123,8 @@ pub async fn run(
             )?;
             Some(tokio::spawn(reconciler.run()))
         }
-        None => None,
+        Services::Reported(report) => Some(tokio::spawn(follow(desired_rx, reports_tx, report))),
+        Services::None => None,
     };
     let (agent_report_tx, agent_report) = tokio::sync::watch::channel(None);
     let restart = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -150,6 +178,22 @@ pub async fn run(
         }
     });
     result
+}
+
+/// Hands each desired state that goes into force to `report` and sends what it says.
+async fn follow(
+    mut desired: tokio::sync::watch::Receiver<Option<DesiredState>>,
+    reports: tokio::sync::watch::Sender<crate::deploy::Reports>,
+    report: Arc<dyn Fn(&DesiredState) -> crate::deploy::Reports + Send + Sync>,
+) {
+    loop {
+        if let Some(state) = desired.borrow_and_update().as_ref() {
+            reports.send_replace(report(state));
+        }
+        if desired.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The site policy at start. One that does not parse admits nothing new until it is

@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod bins;
 pub mod docker;
+pub mod fleet;
 pub mod otlp;
 pub mod peer;
 pub mod procfs;

@@ -204,7 +204,7 @@ fn main() -> anyhow::Result<()> {
             state_dir: root.join(format!("a{i:05}")),
             reconnect_base: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
-            deploy: None,
+            services: continuum_agent::run::Services::None,
             telemetry: Default::default(),
         };
         let mut stopped = stopped.clone();

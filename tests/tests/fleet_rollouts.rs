@@ -1,0 +1,476 @@
+//! Rollouts over a simulated fleet of 200 sites with varied labels, driven through a
+//! real control plane: real agents in one process (own keys, QUIC links, TUF
+//! verification) whose services report what each test says. Each test watches the
+//! rollout through the API while it runs and checks what every site was told.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use continuum_tests::fleet::{Fleet, SimSite};
+use continuum_tests::releases::write;
+use continuum_tests::server::Server;
+use continuum_tests::wait;
+use serde_json::Value;
+
+const SITES: usize = 200;
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// Publishes `service` `version`, placed by `require`, rolled out under `policy`.
+fn publish(server: &Server, service: &str, version: &str, require: Option<&str>, policy: &str) {
+    let mut text = continuum_tests::releases::manifest(service, version);
+    text.push_str(&format!("\n[placement]\nrollout = \"{policy}\"\n"));
+    if let Some(require) = require {
+        text.push_str(&format!("require = '{require}'\n"));
+    }
+    let file = write(server.root(), &format!("{service}-{version}.toml"), &text);
+    server
+        .cli(&["release", "publish", file.to_str().unwrap()])
+        .ok();
+}
+
+fn start(server: &Server, service: &str, version: &str) -> String {
+    let started = server.json(&["rollout", "start", service, version]);
+    started["id"].as_str().expect("rollout id").to_owned()
+}
+
+fn status(server: &Server, id: &str) -> Value {
+    server.json(&["rollout", "status", id])
+}
+
+fn state(rollout: &Value) -> &str {
+    rollout["state"]["state"].as_str().unwrap_or_default()
+}
+
+fn progress<'a>(rollout: &'a Value, site: &str) -> &'a str {
+    rollout["sites"][site]["state"].as_str().unwrap_or_default()
+}
+
+fn waves(rollout: &Value) -> Vec<Vec<String>> {
+    rollout["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|w| {
+            w["sites"]
+                .as_array()
+                .expect("wave sites")
+                .iter()
+                .map(|s| s.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Watches rollout `id` until `done` holds, checking `each` on every look.
+fn watch(
+    server: &Server,
+    id: &str,
+    mut each: impl FnMut(&Value),
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let rollout = status(server, id);
+        each(&rollout);
+        if done(&rollout) {
+            return rollout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} did not get there in {LIMIT:?}: {rollout}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn until(server: &Server, id: &str, wanted: &str) -> Value {
+    watch(server, id, |_| {}, |r| state(r) == wanted)
+}
+
+/// Waits until every site's desired state names what `expected` says for it.
+fn settled(fleet: &Fleet, service: &str, expected: impl Fn(&SimSite) -> Option<String>) {
+    wait::until(LIMIT, "every site told what the rollout decided", || {
+        fleet
+            .sites
+            .iter()
+            .all(|s| s.current(service) == expected(s))
+            .then_some(())
+    });
+}
+
+const TIERED: &str = r#"[rollout.tiered]
+waves = [
+  { name = "canary", count = 2, select = 'labels.canary == "true"' },
+  { name = "tenth", percent = 10 },
+  { name = "half", percent = 50 },
+  { name = "all", percent = 100 },
+]
+bake = "1s"
+healthy_for = "1s"
+max_parallel = 12
+failure_budget = 0
+on_failure = "pause"
+
+[[exclude]]
+select = 'labels.retiring == "true"'
+reason = "retiring from the grid"
+"#;
+
+#[test]
+fn waves_run_in_order_within_max_parallel_exactly_as_the_dry_run_planned() {
+    let server = Server::start();
+    server.install_policy("tiered.toml", TIERED, "tiered");
+    let fleet = Fleet::start(&server, SITES);
+    let require = r#"labels.tier != "T3" || labels.region == "eu""#;
+    publish(&server, "grid", "1.0.0", Some(require), "tiered");
+
+    // Eligibility worked out here from the labels, independently of the planner.
+    let eligible: BTreeSet<String> = fleet
+        .sites
+        .iter()
+        .filter(|s| (!s.has("tier", "T3") || s.has("region", "eu")) && !s.has("retiring", "true"))
+        .map(|s| s.name.clone())
+        .collect();
+    let total = eligible.len();
+    assert!(total > 50 && total < SITES, "{total}");
+
+    let plan = server.json(&["rollout", "start", "grid", "1.0.0", "--dry-run"]);
+    let excluded: BTreeMap<String, String> =
+        serde_json::from_value(plan["excluded"].clone()).unwrap();
+    for site in &fleet.sites {
+        match excluded.get(&site.name) {
+            Some(why) => {
+                assert!(
+                    !eligible.contains(&site.name),
+                    "{} excluded: {why}",
+                    site.name
+                );
+                let expected = if site.has("tier", "T3") && !site.has("region", "eu") {
+                    "requires"
+                } else {
+                    "retiring from the grid"
+                };
+                assert!(why.contains(expected), "{}: {why}", site.name);
+            }
+            None => assert!(eligible.contains(&site.name), "{} not excluded", site.name),
+        }
+    }
+    let planned = waves(&plan);
+    let sizes: Vec<usize> = planned.iter().map(Vec::len).collect();
+    let (tenth, half) = (total.div_ceil(10), total.div_ceil(2));
+    assert_eq!(sizes, [2, tenth - 2, half - tenth, total - half], "{plan}");
+    assert!(
+        planned[0]
+            .iter()
+            .all(|s| fleet.site(s).has("canary", "true"))
+    );
+
+    let id = start(&server, "grid", "1.0.0");
+    let mut most_in_flight = 0;
+    let mut looks = 0;
+    let done = watch(
+        &server,
+        &id,
+        |r| {
+            looks += 1;
+            let moving = |s: &str| !matches!(progress(r, s), "pending" | "waiting");
+            let in_flight = planned
+                .iter()
+                .flatten()
+                .filter(|s| matches!(progress(r, s), "updating" | "healthy"))
+                .count();
+            assert!(in_flight <= 12, "{in_flight} sites updating at once: {r}");
+            most_in_flight = most_in_flight.max(in_flight);
+            // A wave starts only once every earlier wave is done.
+            for (k, wave) in planned.iter().enumerate() {
+                if wave.iter().any(|s| moving(s)) {
+                    for earlier in &planned[..k] {
+                        assert!(
+                            earlier.iter().all(|s| progress(r, s) == "done"),
+                            "wave {k} started before the waves before it were done: {r}"
+                        );
+                    }
+                }
+            }
+        },
+        |r| state(r) == "completed",
+    );
+    assert_eq!(waves(&done), planned, "the rollout ran the plan");
+    assert!(most_in_flight > 1, "sites updated side by side");
+    assert!(looks > 5);
+    for site in &fleet.sites {
+        let expected: &[&str] = if eligible.contains(&site.name) {
+            &["1.0.0"]
+        } else {
+            &[]
+        };
+        assert_eq!(site.history("grid"), expected, "{}", site.name);
+    }
+}
+
+const BUDGETS: &str = r#"[rollout.fast]
+waves = [{ name = "all", percent = 100 }]
+bake = "0s"
+healthy_for = "1s"
+max_parallel = 200
+
+[rollout.careful]
+waves = [{ name = "first", count = 4 }, { name = "rest", percent = 100 }]
+bake = "1s"
+healthy_for = "1s"
+max_parallel = 4
+failure_budget = 1
+on_failure = "pause"
+
+[rollout.strict]
+waves = [{ name = "first", percent = 20 }, { name = "rest", percent = 100 }]
+bake = "1s"
+healthy_for = "1s"
+max_parallel = 200
+failure_budget = 0
+on_failure = "rollback"
+"#;
+
+#[test]
+fn a_spent_failure_budget_pauses_or_rolls_back_as_the_policy_says_and_cancel_leaves_no_site_between()
+ {
+    let server = Server::start();
+    server.install_policy("budgets.toml", BUDGETS, "strict");
+    let fleet = Fleet::start(&server, SITES);
+    for service in ["pay", "log"] {
+        publish(&server, service, "1.0.0", None, "fast");
+        let id = start(&server, service, "1.0.0");
+        until(&server, &id, "completed");
+    }
+    settled(&fleet, "pay", |_| Some("1.0.0".into()));
+
+    // Budget 1, then pause: two of the first wave's four sites fail.
+    publish(&server, "pay", "2.0.0", None, "careful");
+    let plan = waves(&server.json(&["rollout", "start", "pay", "2.0.0", "--dry-run"]));
+    let failing = &plan[0][..2];
+    fleet.fail("2.0.0", failing.iter().map(String::as_str));
+    let id = start(&server, "pay", "2.0.0");
+    let paused = until(&server, &id, "paused");
+    let reason = paused["state"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("failure budget of 1"), "{reason}");
+    let first: BTreeSet<&String> = plan[0].iter().collect();
+    settled(&fleet, "pay", |s| {
+        let updated = first.contains(&s.name) && !failing.contains(&s.name);
+        Some(if updated { "2.0.0" } else { "1.0.0" }.into())
+    });
+    for name in failing {
+        assert_eq!(fleet.site(name).history("pay"), ["1.0.0", "2.0.0", "1.0.0"]);
+    }
+    for name in &plan[1] {
+        assert_eq!(fleet.site(name).history("pay"), ["1.0.0"], "{name}");
+    }
+    // Cancelled: nothing moves any more, and each site keeps what it runs.
+    server.cli(&["rollout", "cancel", &id]).ok();
+    assert_eq!(state(&status(&server, &id)), "cancelled");
+    std::thread::sleep(Duration::from_secs(2));
+    for site in &fleet.sites {
+        let expected = if first.contains(&site.name) && !failing.contains(&site.name) {
+            "2.0.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(
+            site.current("pay").as_deref(),
+            Some(expected),
+            "{}",
+            site.name
+        );
+    }
+
+    // Budget 0, then roll back: one failure takes the whole first wave back.
+    publish(&server, "log", "2.0.0", None, "strict");
+    let plan = waves(&server.json(&["rollout", "start", "log", "2.0.0", "--dry-run"]));
+    assert_eq!(plan[0].len(), SITES / 5);
+    fleet.fail("2.0.0", [plan[0][0].as_str()]);
+    let id = start(&server, "log", "2.0.0");
+    let rolled_back = until(&server, &id, "rolled-back");
+    for site in &plan[0][1..] {
+        assert!(
+            matches!(progress(&rolled_back, site), "reverted" | "pending"),
+            "{site}: {rolled_back}"
+        );
+    }
+    settled(&fleet, "log", |_| Some("1.0.0".into()));
+    for name in &plan[1] {
+        assert_eq!(fleet.site(name).history("log"), ["1.0.0"], "{name}");
+    }
+}
+
+const STEADY: &str = r#"[rollout.steady]
+waves = [{ name = "all", percent = 100 }]
+bake = "0s"
+healthy_for = "1s"
+max_parallel = 25
+"#;
+
+#[test]
+fn a_killed_control_plane_resumes_and_a_superseding_rollout_leaves_no_site_between() {
+    let mut server = Server::start();
+    server.install_policy("steady.toml", STEADY, "steady");
+    let fleet = Fleet::start(&server, SITES);
+    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+        publish(&server, "web", version, None, "steady");
+    }
+
+    // SIGKILL mid-rollout: the restarted control plane carries on from its store.
+    let id = start(&server, "web", "1.0.0");
+    let before = watch(
+        &server,
+        &id,
+        |_| {},
+        |r| {
+            let done = r["sites"]
+                .as_object()
+                .map_or(0, |s| s.values().filter(|p| p["state"] == "done").count());
+            (40..SITES - 50).contains(&done)
+        },
+    );
+    assert_eq!(state(&before), "running");
+    server.kill();
+    server.restart();
+    until(&server, &id, "completed");
+    for site in &fleet.sites {
+        assert_eq!(site.history("web"), ["1.0.0"], "{}", site.name);
+    }
+
+    // A newer rollout takes over an older one under way.
+    let older = start(&server, "web", "2.0.0");
+    watch(
+        &server,
+        &older,
+        |_| {},
+        |r| {
+            r["sites"]
+                .as_object()
+                .is_some_and(|s| s.values().any(|p| p["state"] == "done"))
+        },
+    );
+    let newer = start(&server, "web", "3.0.0");
+    let superseded = status(&server, &older);
+    assert_eq!(state(&superseded), "superseded", "{superseded}");
+    until(&server, &newer, "completed");
+    settled(&fleet, "web", |_| Some("3.0.0".into()));
+    assert_eq!(state(&status(&server, &older)), "superseded");
+}
+
+#[test]
+fn maintenance_windows_and_site_locks_defer_sites_until_they_open() {
+    let server = Server::start();
+    let fleet = Fleet::start(&server, 60);
+    // A window in UTC+5 that opens at the start of a coming minute, for the asia sites.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(5)));
+    let lead = if now.second() < 30 { 1 } else { 2 };
+    let opens = now
+        .checked_add(jiff::Span::new().minutes(lead))
+        .and_then(|t| t.with().second(0).subsec_nanosecond(0).build())
+        .unwrap();
+    let closes = opens.checked_add(jiff::Span::new().hours(1)).unwrap();
+    let policy = format!(
+        r#"[rollout.windowed]
+waves = [{{ name = "all", percent = 100 }}]
+bake = "0s"
+healthy_for = "1s"
+max_parallel = 200
+
+[[window]]
+select = 'labels.region == "asia"'
+days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+hours = "{:02}:{:02}-{:02}:{:02}"
+timezone = "Etc/GMT-5"
+"#,
+        opens.hour(),
+        opens.minute(),
+        closes.hour(),
+        closes.minute()
+    );
+    server.install_policy("windowed.toml", &policy, "windowed");
+    let locked = ["sim-000", "sim-001"];
+    for name in locked {
+        let out = std::process::Command::new(continuum_tests::bins::binary("continuum-agent"))
+            .arg("--state-dir")
+            .arg(&fleet.site(name).dir)
+            .args(["lock", "--reason", "experiment running"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait::until(LIMIT, "the locks shown centrally", || {
+        locked
+            .iter()
+            .all(|name| {
+                server
+                    .site(name)
+                    .is_some_and(|s| s.to_string().contains("experiment running"))
+            })
+            .then_some(())
+    });
+    publish(&server, "edge", "1.0.0", None, "windowed");
+    let id = start(&server, "edge", "1.0.0");
+    let asia = |s: &SimSite| s.has("region", "asia");
+    let waiting = watch(
+        &server,
+        &id,
+        |_| {},
+        |r| {
+            fleet
+                .sites
+                .iter()
+                .filter(|s| !asia(s) && !locked.contains(&s.name.as_str()))
+                .all(|s| progress(r, &s.name) == "done")
+        },
+    );
+    assert!(
+        jiff::Timestamp::now() < opens.timestamp(),
+        "the window opened too soon for the test"
+    );
+    for site in &fleet.sites {
+        let why = waiting["sites"][&site.name]["reason"]
+            .as_str()
+            .unwrap_or_default();
+        if locked.contains(&site.name.as_str()) {
+            assert_eq!(why, "locked at the site: experiment running");
+            assert!(site.current("edge").is_none());
+        } else if asia(site) {
+            assert_eq!(why, "outside its maintenance window", "{}", site.name);
+            assert!(site.current("edge").is_none());
+        }
+    }
+    // The window opens with the clock: the asia sites follow by themselves.
+    watch(
+        &server,
+        &id,
+        |_| {},
+        |r| {
+            fleet
+                .sites
+                .iter()
+                .filter(|s| asia(s) && !locked.contains(&s.name.as_str()))
+                .all(|s| progress(r, &s.name) == "done")
+        },
+    );
+    assert!(jiff::Timestamp::now() >= opens.timestamp());
+    let held = status(&server, &id);
+    assert_eq!(
+        state(&held),
+        "running",
+        "locked sites hold the rollout open"
+    );
+    for name in locked {
+        let out = std::process::Command::new(continuum_tests::bins::binary("continuum-agent"))
+            .arg("--state-dir")
+            .arg(&fleet.site(name).dir)
+            .arg("unlock")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    until(&server, &id, "completed");
+    settled(&fleet, "edge", |_| Some("1.0.0".into()));
+}

@@ -11,6 +11,7 @@ use crate::store::{StoreExt, Tree};
 use crate::tuf::TufError;
 use crate::tuf::director::Entry;
 use crate::{releases, sites};
+use tough::schema::{Signed, Targets};
 
 /// Why a change of desired state failed.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +112,20 @@ pub async fn set_releases(
     for lock in &locks {
         guards.push(lock.lock().await);
     }
+    // The image repository's listing, read once for the whole batch.
+    let image = match cp.image.targets() {
+        Ok(image) => image,
+        Err(e) => {
+            let e = e.to_string();
+            return changes
+                .iter()
+                .map(|_| Err(DesiredError::Tuf(TufError::Io(e.clone()))))
+                .collect();
+        }
+    };
     let signing: Vec<_> = changes
         .iter()
-        .map(|(site, version)| changed(cp, site, service, version.as_deref(), actor))
+        .map(|(site, version)| changed(cp, &image, site, service, version.as_deref(), actor))
         .collect();
     let signed: Vec<Result<Option<DesiredRecord>, DesiredError>> =
         futures_util::stream::iter(signing)
@@ -146,6 +158,7 @@ pub async fn set_releases(
 /// disk; `None` when the site already has that.
 async fn changed(
     cp: &ControlPlane,
+    image: &Signed<Targets>,
     site: &str,
     service: &str,
     version: Option<&str>,
@@ -176,7 +189,7 @@ async fn changed(
             desired.releases.remove(service);
         }
     }
-    sign(cp, &mut desired, actor, false).await?;
+    sign(cp, image, &mut desired, actor, false).await?;
     Ok(Some(desired))
 }
 
@@ -208,7 +221,8 @@ async fn apply(
     mut desired: DesiredRecord,
     actor: &str,
 ) -> Result<DesiredRecord, DesiredError> {
-    sign(cp, &mut desired, actor, true).await?;
+    let image = cp.image.targets()?;
+    sign(cp, &image, &mut desired, actor, true).await?;
     cp.store
         .put_json(Tree::Desired, desired.site.as_bytes(), &desired)?;
     cp.store.flush()?;
@@ -220,6 +234,7 @@ async fn apply(
 /// Signs `desired` into the director as the site's next generation.
 async fn sign(
     cp: &ControlPlane,
+    image: &Signed<Targets>,
     desired: &mut DesiredRecord,
     actor: &str,
     durable: bool,
@@ -234,9 +249,7 @@ async fn sign(
         } else {
             continuum_shared::manifest::target_name(service, &release.version)
         };
-        let target = cp
-            .image
-            .target(&name)?
+        let target = crate::tuf::image::target_in(image, &name)?
             .ok_or_else(|| DesiredError::NoRelease(format!("{service} {}", release.version)))?;
         entries.push(Entry {
             name,

@@ -7,10 +7,11 @@
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tough::TargetName;
-use tough::schema::{Target, Targets};
+use tough::schema::{Root, Signed, Target, Targets};
 
 use super::image::make_root;
 use super::keys::SigningKey;
@@ -26,6 +27,15 @@ pub struct Director {
     /// Site changes share it (each site's files are its own); a key rotation or a
     /// refresh of every site holds it alone.
     writer: tokio::sync::RwLock<()>,
+    /// The root and key in force, read once rather than for every site signed; a key
+    /// rotation drops it.
+    signer: std::sync::Mutex<Option<Arc<Signer>>>,
+}
+
+/// The director root and the key that signs under it.
+struct Signer {
+    root: Signed<Root>,
+    key: SigningKey,
 }
 
 /// One release in a site's desired state.
@@ -55,6 +65,7 @@ impl Director {
             key: data_dir.join("director.key"),
             lifetimes,
             writer: tokio::sync::RwLock::new(()),
+            signer: std::sync::Mutex::new(None),
         };
         let mut created = Vec::new();
         if director.roots.latest("root.json").is_none() {
@@ -91,6 +102,19 @@ impl Director {
             .ok_or_else(|| TufError::Io("the director repository has no root".into()))
     }
 
+    /// The root and key in force.
+    fn signer(&self) -> Result<Arc<Signer>, TufError> {
+        let mut cached = self.signer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(signer) = cached.as_ref() {
+            return Ok(signer.clone());
+        }
+        let (root, _) = self.root()?;
+        let key = SigningKey::load(&self.key)?;
+        let signer = Arc::new(Signer { root, key });
+        *cached = Some(signer.clone());
+        Ok(signer)
+    }
+
     /// Signs `entries` as `site`'s desired state at `generation` (the targets version).
     /// Unless `durable`, the files are written without waiting for the disk and the
     /// caller must sync the file system (see [`sync`](Self::sync)) before telling anyone.
@@ -102,8 +126,8 @@ impl Director {
         durable: bool,
     ) -> Result<(), TufError> {
         let _writer = self.writer.read().await;
-        let (root, _) = self.root()?;
-        let key = SigningKey::load(&self.key)?;
+        let signer = self.signer()?;
+        let (root, key) = (&signer.root, &signer.key);
         let version =
             NonZeroU64::new(generation).ok_or_else(|| TufError::Rejected("generation 0".into()))?;
         let mut targets = Targets::new(
@@ -124,7 +148,7 @@ impl Director {
             ]);
             targets.targets.insert(name, target);
         }
-        let signed = sign(targets, &root.signed, &[&key]).await?;
+        let signed = sign(targets, &root.signed, &[key]).await?;
         let dir = if durable {
             self.site(site)
         } else {
@@ -135,7 +159,7 @@ impl Director {
             &root.signed,
             signed.buffer(),
             version,
-            &key,
+            key,
             &self.lifetimes,
         )
         .await
@@ -163,6 +187,7 @@ impl Director {
     /// `desired::resign_all`). Returns the new root version.
     pub async fn rotate_key(&self) -> Result<u64, TufError> {
         let _writer = self.writer.write().await;
+        *self.signer.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let (current, _) = self.root()?;
         let old = SigningKey::load(&self.key)?;
         let new = SigningKey::generate()?;
@@ -186,6 +211,8 @@ impl Director {
             &super::metadir::to_bytes(&signed)?,
         )?;
         new.save(&self.key)?;
+        // Read again at the next signing, whatever happened to the files in between.
+        *self.signer.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(root_version = version.get(), "director key rotated");
         Ok(version.get())
     }

@@ -69,6 +69,12 @@ pub fn make_root(
     )
 }
 
+/// The entry for `name` in a targets listing already loaded, if it lists it.
+pub fn target_in(targets: &Signed<Targets>, name: &str) -> Result<Option<Target>, TufError> {
+    let name = target_name(name)?;
+    Ok(targets.signed.targets.get(&name).cloned())
+}
+
 /// The same from public keys alone (what release managers build new roots from).
 pub fn root_from_keys(
     version: NonZeroU64,
@@ -266,8 +272,7 @@ impl ImageRepo {
 
     /// The current entry for `name`, if published.
     pub fn target(&self, name: &str) -> Result<Option<Target>, TufError> {
-        let name = target_name(name)?;
-        Ok(self.targets()?.signed.targets.get(&name).cloned())
+        target_in(&self.targets()?, name)
     }
 
     /// Whether this control plane holds the release key (the embedded default).

@@ -4,8 +4,9 @@
 //! It prints how long the joins took, how long until every site was online, the
 //! control plane's resident memory, and the memory per simulated agent; it also runs
 //! one real `continuum-agent` process beside them and reports its idle RSS. Then it
-//! starts a single-wave rollout to every site and reports how long each took to verify
-//! its new desired state (p50, p99, max), and the control plane's CPU time meanwhile.
+//! runs two single-wave rollouts to every site (the first desired state the sites get,
+//! then a new release) and reports for each how long the sites took to verify it (p50,
+//! p99, max), and the CPU time of the control plane and the agents meanwhile.
 //!
 //! Build everything in release mode first, then run it from the target directory:
 //! `cargo build --release --workspace && target/release/fleet-sim --agents 1000`.
@@ -73,15 +74,8 @@ fn in_force(state_dir: &std::path::Path) -> Option<(u64, std::time::SystemTime)>
     Some((value["generation"].as_u64()?, modified))
 }
 
-/// Starts a single-wave rollout to every site and measures how long until each agent
-/// verified its new desired state and put it in force (the time its `desired.json` was
-/// written; nothing polls the control plane meanwhile).
-fn propagation(
-    server: &Server,
-    agents: &[std::path::PathBuf],
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let sites = agents.len();
+/// Installs a single-wave policy that takes every site at once.
+fn everyone(server: &Server, sites: usize) -> anyhow::Result<()> {
     std::fs::write(
         server.data_dir().join("policies/everyone.toml"),
         format!(
@@ -89,19 +83,35 @@ fn propagation(
             sites + 1
         ),
     )?;
-    let file = continuum_tests::releases::write(
-        server.root(),
-        "sim.toml",
-        &continuum_tests::releases::manifest("sim", "1.0.0"),
-    );
-    server
-        .cli(&["release", "publish", file.to_str().unwrap_or_default()])
-        .ok();
     let until = Instant::now() + Duration::from_secs(20);
     while !server.cli(&["policies"]).ok().stdout.contains("everyone") {
         anyhow::ensure!(Instant::now() < until, "the policy did not load");
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// Starts a single-wave rollout of `version` to every site and measures how long until
+/// each agent verified its new desired state and put it in force (the time its
+/// `desired.json` was written; nothing polls the control plane meanwhile).
+fn propagation(
+    server: &Server,
+    agents: &[std::path::PathBuf],
+    version: &str,
+    what: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let sites = agents.len();
+    let file = continuum_tests::releases::write(
+        server.root(),
+        &format!("sim-{version}.toml"),
+        &continuum_tests::releases::manifest("sim", version),
+    );
+    server
+        .cli(&["release", "publish", file.to_str().unwrap_or_default()])
+        .ok();
+    let server_pid = server.pid().context("server pid")?;
+    let (cpu_before, sim_before) = (cpu_ticks(server_pid), cpu_ticks(std::process::id()));
     let before: Vec<u64> = agents
         .iter()
         .map(|d| in_force(d).map_or(0, |(g, _)| g))
@@ -109,7 +119,7 @@ fn propagation(
     let started = std::time::SystemTime::now();
     let clock = Instant::now();
     server
-        .cli(&["rollout", "start", "sim", "1.0.0", "--policy", "everyone"])
+        .cli(&["rollout", "start", "sim", version, "--policy", "everyone"])
         .ok();
     let times = loop {
         anyhow::ensure!(clock.elapsed() < limit, "not every site verified in time");
@@ -131,23 +141,16 @@ fn propagation(
     times.sort();
     let pick = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
     println!(
-        "  rollout propagation: {sites} sites verified the new desired state: p50 {:.2} s, p99 {:.2} s, max {:.2} s after `rollout start`",
+        "  rollout propagation ({what}): {sites} sites verified it: p50 {:.2} s, p99 {:.2} s, max {:.2} s after `rollout start`",
         pick(0.5).as_secs_f64(),
         pick(0.99).as_secs_f64(),
         pick(1.0).as_secs_f64()
     );
-    let log = server.log();
-    let signed: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("desired state signed"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    if let (Some(first), Some(last)) = (signed.first(), signed.last()) {
-        println!(
-            "  signing:             {} sites, first at {first}, last at {last}",
-            signed.len()
-        );
-    }
+    println!(
+        "    CPU during it:     control plane {:.2} s, simulated agents {:.2} s",
+        (cpu_ticks(server_pid) - cpu_before) as f64 / 100.0,
+        (cpu_ticks(std::process::id()) - sim_before) as f64 / 100.0
+    );
     Ok(())
 }
 
@@ -258,14 +261,12 @@ fn main() -> anyhow::Result<()> {
         agent_kib as f64 / 1024.0
     );
 
-    let (cpu_before, sim_before) = (cpu_ticks(server_pid), cpu_ticks(std::process::id()));
     let dirs: Vec<_> = (0..n).map(|i| root.join(format!("a{i:05}"))).collect();
-    propagation(&server, &dirs, Duration::from_secs(args.limit_secs))?;
-    println!(
-        "  CPU during it:       control plane {:.2} s, simulated agents {:.2} s",
-        (cpu_ticks(server_pid) - cpu_before) as f64 / 100.0,
-        (cpu_ticks(std::process::id()) - sim_before) as f64 / 100.0
-    );
+    let limit = Duration::from_secs(args.limit_secs);
+    everyone(&server, n)?;
+    // A site's first desired state also lays out its TUF store; later ones change it.
+    propagation(&server, &dirs, "1.0.0", "first desired state", limit)?;
+    propagation(&server, &dirs, "1.1.0", "a new release", limit)?;
 
     let _ = stop.send(true);
     runtime.block_on(async {

@@ -98,6 +98,7 @@ pub async fn publish(
             signed_by: "control-plane".into(),
             archive: None,
             agent_binaries: Default::default(),
+            yanked: None,
         });
     record.agent_binaries.insert(
         triple.to_owned(),

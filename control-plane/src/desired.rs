@@ -22,6 +22,9 @@ pub enum DesiredError {
     /// No such release.
     #[error("release {0} is not published; see `continuum releases`")]
     NoRelease(String),
+    /// The release may not be given to sites (it is yanked).
+    #[error("{0}")]
+    Refused(String),
     /// Signing failed.
     #[error(transparent)]
     Tuf(#[from] TufError),
@@ -55,8 +58,13 @@ pub async fn assign(
     if record.revoked_at.is_some() {
         return Err(DesiredError::Site(format!("site {site:?} is revoked")));
     }
-    if releases::get(cp, service, version)?.is_none() {
-        return Err(DesiredError::NoRelease(format!("{service} {version}")));
+    match releases::get(cp, service, version)? {
+        None => return Err(DesiredError::NoRelease(format!("{service} {version}"))),
+        Some(release) => {
+            if let Some(refusal) = release.refusal() {
+                return Err(DesiredError::Refused(refusal));
+            }
+        }
     }
     let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
         site: site.to_owned(),

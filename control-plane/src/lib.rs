@@ -47,3 +47,4 @@ pub mod telemetry;
 pub mod tokens;
 pub mod tuf;
 pub mod views;
+pub mod yank;

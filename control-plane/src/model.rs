@@ -242,6 +242,32 @@ pub struct ReleaseRecord {
     /// Of an agent release (service `continuum-agent`): its binaries by target triple.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agent_binaries: BTreeMap<String, AgentBinaryRecord>,
+    /// Set once the release is yanked: no rollout or assignment may name it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<Yank>,
+}
+
+/// Why and when a release was withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Yank {
+    /// The operator's reason, shown wherever the release appears.
+    pub reason: String,
+    /// Who yanked it.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+impl ReleaseRecord {
+    /// Why this release may not be rolled out or assigned, if it is yanked.
+    pub fn refusal(&self) -> Option<String> {
+        self.yanked.as_ref().map(|y| {
+            format!(
+                "release {} {} was yanked by {} at {}: {}",
+                self.service, self.version, y.by, y.at, y.reason
+            )
+        })
+    }
 }
 
 /// One agent binary of an agent release, as the image repository lists it.

@@ -84,6 +84,7 @@ pub async fn publish(
         },
         archive,
         agent_binaries: Default::default(),
+        yanked: None,
     };
     cp.store.put_json(Tree::Releases, key.as_bytes(), &record)?;
     cp.store.flush()?;

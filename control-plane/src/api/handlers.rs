@@ -378,7 +378,8 @@ pub async fn assign(
                 .await
                 .map_err(|e| match e {
                     desired::DesiredError::Site(m) => ApiError::not_found(m),
-                    e @ desired::DesiredError::NoRelease(_) => ApiError::bad_request(e.to_string()),
+                    e @ (desired::DesiredError::NoRelease(_)
+                    | desired::DesiredError::Refused(_)) => ApiError::bad_request(e.to_string()),
                     other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
                 })
         })

@@ -11,6 +11,7 @@ mod handlers;
 mod https;
 pub mod rollouts;
 pub mod telemetry;
+mod yank;
 
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             "/v1/releases",
             get(handlers::list_releases).post(handlers::publish_release),
         )
+        .route("/v1/releases/{service}/{version}/yank", post(yank::yank))
         .route("/v1/archives", post(handlers::upload_archive))
         .route(
             "/v1/agent-releases/{version}/{target}",
@@ -107,6 +109,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::backup,
         handlers::list_releases,
         handlers::publish_release,
+        yank::yank,
         handlers::upload_archive,
         agent_releases::publish,
         handlers::policies,
@@ -140,6 +143,9 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::Role,
         crate::model::Outcome,
         crate::model::ReleaseRecord,
+        crate::model::Yank,
+        crate::yank::YankOutcome,
+        crate::yank::YankRequest,
         crate::model::AgentBinaryRecord,
         crate::model::DesiredRecord,
         crate::model::DesiredRelease,

@@ -60,7 +60,13 @@ pub async fn plan(
 ) -> Result<Json<RolloutPlan>, ApiError> {
     caller.may_read(Role::Viewer)?;
     let (gates, planned) = tokio::task::block_in_place(|| {
-        controller::dry_run(&cp, &body.service, &body.version, body.policy.as_deref())
+        controller::dry_run(
+            &cp,
+            &body.service,
+            &body.version,
+            body.policy.as_deref(),
+            None,
+        )
     })
     .map_err(error)?;
     Ok(Json(RolloutPlan {
@@ -88,6 +94,7 @@ pub async fn start(
                 &body.service,
                 &body.version,
                 body.policy.as_deref(),
+                None,
                 &caller.actor.name,
             )
             .await

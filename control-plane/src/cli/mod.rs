@@ -257,6 +257,19 @@ pub enum ReleaseCommand {
         #[arg(long, value_name = "TAR")]
         image_archive: Option<PathBuf>,
     },
+    /// Withdraw a release for good: no rollout may target it again, and the sites that
+    /// run it move to the newest release of the service that is not yanked.
+    #[command(disable_version_flag = true)]
+    Yank {
+        /// The service.
+        service: String,
+        /// The release version.
+        #[arg(value_name = "VERSION")]
+        version: String,
+        /// Why (shown wherever the release appears).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `continuum agent-release …`.

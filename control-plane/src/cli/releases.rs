@@ -1,4 +1,4 @@
-//! `continuum release publish`, `continuum releases` and `continuum site assign`.
+//! `continuum release publish|yank`, `continuum releases` and `continuum site assign`.
 
 use std::num::NonZeroU64;
 use std::path::Path;
@@ -15,6 +15,7 @@ use crate::model::{DesiredRecord, ReleaseRecord};
 use crate::tuf::keys::SigningKey;
 use crate::tuf::{Lifetimes, expires_in, next, sign};
 use crate::views::{ArchiveUploaded, Assign, ReleasePublish, SigningBase};
+use crate::yank::{YankOutcome, YankRequest};
 
 /// Runs `continuum release …`.
 pub async fn run(api: &ApiClient, out: Output, command: ReleaseCommand) -> anyhow::Result<()> {
@@ -24,7 +25,51 @@ pub async fn run(api: &ApiClient, out: Output, command: ReleaseCommand) -> anyho
             key,
             image_archive,
         } => publish(api, out, &file, key.as_deref(), image_archive.as_deref()).await,
+        ReleaseCommand::Yank {
+            service,
+            version,
+            reason,
+        } => yank(api, out, &service, &version, &reason).await,
     }
+}
+
+async fn yank(
+    api: &ApiClient,
+    out: Output,
+    service: &str,
+    version: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    continuum_shared::names::check_name("service", service)?;
+    let path = format!("/v1/releases/{service}/{version}/yank");
+    let outcome: YankOutcome = api
+        .post(
+            &path,
+            &YankRequest {
+                reason: reason.to_owned(),
+            },
+        )
+        .await?;
+    if out == Output::Json {
+        print(out, &outcome, &[], vec![]);
+        return Ok(());
+    }
+    println!("yanked {service} {version}: {reason}");
+    match (&outcome.rollout, &outcome.moving_to) {
+        (Some(id), Some(to)) => println!(
+            "{} site(s) run it; rollout {id} moves them to {to} (`continuum rollout status {id}`)",
+            outcome.sites.len()
+        ),
+        _ if outcome.sites.is_empty() => println!("no site runs it"),
+        _ => {}
+    }
+    for id in &outcome.stopped {
+        println!("rollout {id} of {version} cancelled");
+    }
+    if let Some(note) = &outcome.note {
+        println!("{note}");
+    }
+    Ok(())
 }
 
 /// `continuum agent-release publish`: uploads the binary, which the control plane signs.
@@ -212,6 +257,9 @@ pub async fn list(api: &ApiClient, out: Output) -> anyhow::Result<()> {
                 r.published_at.clone(),
                 r.published_by.clone(),
                 r.signed_by.clone(),
+                r.yanked
+                    .as_ref()
+                    .map_or_else(String::new, |y| format!("yanked: {}", y.reason)),
             ]
         })
         .collect();
@@ -225,6 +273,7 @@ pub async fn list(api: &ApiClient, out: Output) -> anyhow::Result<()> {
             "PUBLISHED",
             "BY",
             "SIGNED BY",
+            "YANKED",
         ],
         rows,
     );

@@ -3,7 +3,7 @@
 //! change is stored before the next step, so a restarted control plane continues where
 //! it stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,12 +58,18 @@ pub fn dry_run(
     service: &str,
     version: &str,
     policy: Option<&str>,
+    only: Option<&BTreeSet<String>>,
 ) -> Result<(Gates, Plan), RolloutError> {
     let release = releases::get(cp, service, version)?.ok_or_else(|| {
         RolloutError::Invalid(format!(
             "release {service} {version} is not published; see `continuum releases`"
         ))
     })?;
+    if let Some(refusal) = release.refusal() {
+        return Err(RolloutError::Invalid(format!(
+            "{refusal}; it cannot be rolled out"
+        )));
+    }
     let agent = service == continuum_shared::manifest::AGENT_SERVICE;
     // Agent releases have no manifest: the default policy, and no placement of their own.
     let (own_policy, require_text) = if agent {
@@ -90,6 +96,7 @@ pub fn dry_run(
     let mut unfit = std::collections::BTreeMap::new();
     let candidates: Vec<Candidate> = sites::list(cp)?
         .into_iter()
+        .filter(|s| only.is_none_or(|only| only.contains(&s.name)))
         .filter(|s| {
             if !agent || s.revoked_at.is_some() {
                 return true;
@@ -151,16 +158,18 @@ fn read_manifest(
     .map_err(|e| RolloutError::Invalid(e.to_string()))
 }
 
-/// Starts a rollout; a running rollout of the same service is superseded.
+/// Starts a rollout over every site, or `only` those named; a running rollout of the
+/// same service is superseded.
 pub async fn start(
     cp: &ControlPlane,
     service: &str,
     version: &str,
     policy: Option<&str>,
+    only: Option<&BTreeSet<String>>,
     actor: &str,
 ) -> Result<Rollout, RolloutError> {
     let _one = CHANGES.lock().await;
-    let (gates, planned) = dry_run(cp, service, version, policy)?;
+    let (gates, planned) = dry_run(cp, service, version, policy, only)?;
     let now = unix_now();
     let id = format!(
         "r{:012x}",

@@ -2,7 +2,7 @@
 //! are signed into the site's director metadata and announced to the site if it is
 //! connected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::StoreError;
 use crate::model::{DesiredRecord, DesiredRelease};
@@ -131,9 +131,23 @@ pub async fn set_releases(
                 .collect();
         }
     };
+    // A yanked release is never given to a site again, not even as the release a
+    // failed or rolled-back site goes back to.
+    let mut refused = HashMap::new();
+    for version in changes.iter().filter_map(|(_, v)| v.as_deref()) {
+        if let Ok(Some(release)) = releases::get(cp, service, version)
+            && let Some(refusal) = release.refusal()
+        {
+            refused.insert(version.to_owned(), refusal);
+        }
+    }
     let signing: Vec<_> = changes
         .iter()
-        .map(|(site, version)| changed(cp, &image, site, service, version.as_deref(), actor))
+        .map(|(site, version)| {
+            let version = version.as_deref();
+            let refusal = version.and_then(|v| refused.get(v));
+            changed(cp, &image, site, service, version, refusal, actor)
+        })
         .collect();
     let signed: Vec<Result<Option<DesiredRecord>, DesiredError>> =
         futures_util::stream::iter(signing)
@@ -170,8 +184,12 @@ async fn changed(
     site: &str,
     service: &str,
     version: Option<&str>,
+    refusal: Option<&String>,
     actor: &str,
 ) -> Result<Option<DesiredRecord>, DesiredError> {
+    if let Some(refusal) = refusal {
+        return Err(DesiredError::Refused(refusal.clone()));
+    }
     let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
         site: site.to_owned(),
         generation: 0,

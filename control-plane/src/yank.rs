@@ -93,50 +93,79 @@ pub async fn yank(
         .put_json(Tree::Releases, key.as_bytes(), &release)?;
     cp.store.flush()?;
     tracing::warn!(service, version, reason, by = actor, "release yanked");
-
-    let sites: BTreeSet<String> = cp
-        .store
-        .list_json::<DesiredRecord>(Tree::Desired)?
-        .into_iter()
-        .filter(|d| {
-            d.releases
-                .get(service)
-                .is_some_and(|r| r.version == version)
-        })
-        .map(|d| d.site)
-        .collect();
-    let moving_to = replacement(&releases::list(cp)?, service);
+    // From here on the yank stands whatever happens: what could not be done is said in
+    // the answer, for an operator to finish by hand.
+    controller::settle().await;
     let mut outcome = YankOutcome {
         release,
-        sites: sites.iter().cloned().collect(),
-        moving_to: moving_to.as_ref().map(|r| r.version.clone()),
+        sites: Vec::new(),
+        moving_to: None,
         rollout: None,
         stopped: Vec::new(),
         note: None,
     };
-    let actor = format!("yank of {service} {version} by {actor}");
-    match (&moving_to, sites.is_empty()) {
-        (Some(to), false) => {
-            // The new rollout supersedes any rollout of the service under way.
-            match controller::start(cp, service, &to.version, None, Some(&sites), &actor).await {
-                Ok(rollout) => outcome.rollout = Some(rollout.id),
-                Err(e) => {
-                    outcome.note = Some(format!(
-                        "the sites running it could not be moved to {}: {e}; start a rollout by hand",
-                        to.version
-                    ))
+    let mut notes = Vec::new();
+    let mut others = Vec::new();
+    match controller::list(cp) {
+        Ok(all) => {
+            for rollout in all
+                .into_iter()
+                .filter(|r| r.service == service && r.state.active())
+            {
+                if rollout.version != version {
+                    others.push(rollout);
+                    continue;
+                }
+                match controller::command(cp, &rollout.id, Command::Cancel).await {
+                    Ok(_) => outcome.stopped.push(rollout.id),
+                    Err(e) => notes.push(format!("rollout {} was not cancelled: {e}", rollout.id)),
                 }
             }
         }
-        (None, false) => {
-            outcome.note = Some(format!(
-                "no release of {service} is left that is not yanked: the sites keep running {version} until one is published and rolled out"
-            ));
-        }
-        _ => {}
+        Err(e) => notes.push(format!("the rollouts could not be read: {e}")),
     }
-    if outcome.rollout.is_none() {
-        outcome.stopped = stop_rollouts_of(cp, service, version).await;
+    let sites: BTreeSet<String> = match cp.store.list_json::<DesiredRecord>(Tree::Desired) {
+        Ok(all) => all
+            .into_iter()
+            .filter(|d| {
+                d.releases
+                    .get(service)
+                    .is_some_and(|r| r.version == version)
+            })
+            .map(|d| d.site)
+            .collect(),
+        Err(e) => {
+            notes.push(format!("the sites running it could not be listed: {e}"));
+            BTreeSet::new()
+        }
+    };
+    outcome.sites = sites.iter().cloned().collect();
+    let moving_to = releases::list(cp)
+        .ok()
+        .and_then(|all| replacement(&all, service));
+    outcome.moving_to = moving_to.as_ref().map(|r| r.version.clone());
+    let actor = format!("yank of {service} {version} by {actor}");
+    match (&moving_to, others.first()) {
+        _ if sites.is_empty() => {}
+        (None, _) => notes.push(format!(
+            "no release of {service} is left that is not yanked: the sites keep running {version} until one is published and rolled out"
+        )),
+        (Some(to), Some(other)) => notes.push(format!(
+            "rollout {} of {service} {} is under way and was left alone; once it is done, roll out {} to move the sites on {version}",
+            other.id, other.version, to.version
+        )),
+        (Some(to), None) => {
+            match controller::start(cp, service, &to.version, None, Some(&sites), &actor).await {
+                Ok(rollout) => outcome.rollout = Some(rollout.id),
+                Err(e) => notes.push(format!(
+                    "the sites running it could not be moved to {}: {e}; start a rollout by hand",
+                    to.version
+                )),
+            }
+        }
+    }
+    if !notes.is_empty() {
+        outcome.note = Some(notes.join("; "));
     }
     Ok(outcome)
 }
@@ -162,26 +191,6 @@ fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
             .collect()
     };
     parts(a).cmp(&parts(b))
-}
-
-/// Cancels the rollouts of `service` `version` under way; returns their ids.
-async fn stop_rollouts_of(cp: &ControlPlane, service: &str, version: &str) -> Vec<String> {
-    let Ok(all) = controller::list(cp) else {
-        return Vec::new();
-    };
-    let mut stopped = Vec::new();
-    for rollout in all
-        .into_iter()
-        .filter(|r| r.service == service && r.version == version && r.state.active())
-    {
-        if controller::command(cp, &rollout.id, Command::Cancel)
-            .await
-            .is_ok()
-        {
-            stopped.push(rollout.id);
-        }
-    }
-    stopped
 }
 
 #[cfg(test)]

@@ -55,8 +55,18 @@ fn hub() -> &'static Hub {
         let table = Table::default();
         let dispatch = table.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
             let table = lock(&dispatch);
+            // A lost event (the kernel queue overflowed) could have been anyone's: all
+            // look again.
+            let Ok(event) = event.map_err(drop).and_then(|e| match e.need_rescan() {
+                true => Err(()),
+                false => Ok(e),
+            }) else {
+                for s in table.values().flatten() {
+                    let _ = s.tx.send(());
+                }
+                return;
+            };
             for path in &event.paths {
                 let Some(subscribers) = path.parent().and_then(|dir| table.get(dir)) else {
                     continue;
@@ -131,6 +141,11 @@ pub fn watch_dir(
 ) -> Result<Changes, String> {
     use notify::{RecursiveMode, Watcher};
     std::fs::read_dir(dir).map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    // Events name files by the absolute path the directory was watched under.
+    let absolute = std::env::current_dir()
+        .map(|cwd| cwd.join(dir))
+        .map_err(|e| format!("watching {}: {e}", dir.display()))?;
+    let dir = absolute.as_path();
     let (tx, events) = mpsc::unbounded_channel();
     let hub = hub();
     let id = hub.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -270,6 +285,21 @@ mod tests {
         let change = tokio::time::timeout(POLL * 3, events.recv()).await;
         assert_eq!(change.ok().flatten(), Some(()));
         drop(events);
+    }
+
+    #[tokio::test]
+    async fn a_directory_given_by_a_relative_path_is_watched() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let relative = dir
+            .path()
+            .strip_prefix(std::env::current_dir().unwrap())
+            .unwrap();
+        assert!(relative.is_relative());
+        let mut changes = watch_dir(relative, toml).unwrap();
+        let mut dotted = watch_dir(&relative.join("."), toml).unwrap();
+        std::fs::write(dir.path().join("a.toml"), "x").unwrap();
+        assert!(seen(&mut changes, Duration::from_secs(5)).await);
+        assert!(seen(&mut dotted, Duration::from_secs(5)).await);
     }
 
     #[test]

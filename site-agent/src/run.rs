@@ -187,8 +187,10 @@ async fn follow(
     report: Arc<dyn Fn(&DesiredState) -> crate::deploy::Reports + Send + Sync>,
 ) {
     loop {
-        if let Some(state) = desired.borrow_and_update().as_ref() {
-            reports.send_replace(report(state));
+        // Cloned, so that the channel is not held while the reporter works.
+        let state = desired.borrow_and_update().clone();
+        if let Some(state) = state {
+            reports.send_replace(report(&state));
         }
         if desired.changed().await.is_err() {
             return;

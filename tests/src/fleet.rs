@@ -30,7 +30,8 @@ pub struct SimSite {
 
 impl SimSite {
     /// The releases of `service` its desired state named, in order (repeats folded; an
-    /// empty entry when it named none after naming one).
+    /// empty entry when it named none after naming one), as far as the agent handed them
+    /// on: a state replaced before the reporter saw it is not recorded.
     pub fn history(&self, service: &str) -> Vec<String> {
         lock(&self.history)
             .get(service)

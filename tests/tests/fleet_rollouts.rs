@@ -311,11 +311,11 @@ max_parallel = 25
 "#;
 
 #[test]
-fn a_killed_control_plane_resumes_and_a_superseding_rollout_leaves_no_site_between() {
+fn a_killed_control_plane_resumes_and_supersede_and_cancel_leave_no_site_between() {
     let mut server = Server::start();
     server.install_policy("steady.toml", STEADY, "steady");
     let fleet = Fleet::start(&server, SITES);
-    for version in ["1.0.0", "2.0.0", "3.0.0"] {
+    for version in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"] {
         publish(&server, "web", version, None, "steady");
     }
 
@@ -358,6 +358,43 @@ fn a_killed_control_plane_resumes_and_a_superseding_rollout_leaves_no_site_betwe
     until(&server, &newer, "completed");
     settled(&fleet, "web", |_| Some("3.0.0".into()));
     assert_eq!(state(&status(&server, &older)), "superseded");
+    // Every site went straight on: the older release or not, then the newer one.
+    let mut took_older = 0;
+    for site in &fleet.sites {
+        match site.history("web").as_slice() {
+            [a, b, c] if a == "1.0.0" && b == "2.0.0" && c == "3.0.0" => took_older += 1,
+            [a, c] if a == "1.0.0" && c == "3.0.0" => {}
+            other => panic!("{}: {other:?}", site.name),
+        }
+    }
+    assert!(took_older > 0 && took_older < SITES, "{took_older}");
+
+    // Cancelled mid-way: the sites it told keep the new release, the others the old,
+    // and nothing moves after.
+    let cancelled = start(&server, "web", "4.0.0");
+    watch(
+        &server,
+        &cancelled,
+        |_| {},
+        |r| {
+            r["sites"]
+                .as_object()
+                .is_some_and(|s| s.values().any(|p| p["state"] == "done"))
+        },
+    );
+    server.cli(&["rollout", "cancel", &cancelled]).ok();
+    let at_cancel = status(&server, &cancelled);
+    assert_eq!(state(&at_cancel), "cancelled");
+    let told = |name: &str| matches!(progress(&at_cancel, name), "updating" | "healthy" | "done");
+    let expected = |s: &SimSite| Some(if told(&s.name) { "4.0.0" } else { "3.0.0" }.to_owned());
+    settled(&fleet, "web", expected);
+    let moved = fleet.sites.iter().filter(|s| told(&s.name)).count();
+    assert!(moved > 0 && moved < SITES, "{moved}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&server, &cancelled)["sites"], at_cancel["sites"]);
+    for site in &fleet.sites {
+        assert_eq!(site.current("web"), expected(site), "{}", site.name);
+    }
 }
 
 #[test]
@@ -518,6 +555,9 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         )
     });
 
+    // One of them fails the release it moves to: it may not go back to the yanked one.
+    let unlucky = early.first().unwrap().clone();
+    fleet.fail("1.1.0", [unlucky.as_str()]);
     let outcome = server.json(&[
         "release",
         "yank",
@@ -536,13 +576,15 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         .as_str()
         .expect("a rollout moves them")
         .to_owned();
-    assert_eq!(state(&status(&server, &bad)), "superseded");
-    let done = until(&server, &id, "completed");
+    assert_eq!(outcome["stopped"][0], bad.as_str(), "{outcome}");
+    assert_eq!(state(&status(&server, &bad)), "cancelled");
+    let done = until(&server, &id, "paused");
     assert_eq!(
         waves(&done).concat().len(),
         early.len(),
         "only the sites that ran it"
     );
+    assert_eq!(progress(&done, &unlucky), "failed");
     settled(&fleet, "api", |s| {
         Some(
             if early.contains(&s.name) {
@@ -604,14 +646,40 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         "{}",
         blank.stderr
     );
-    // Yanking what every site runs now, with nothing left to move to, says so.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        fleet.site(&unlucky).history("api"),
+        ["1.0.0", "2.0.0", "1.1.0"]
+    );
+
+    // Its sites go back to 1.0.0 when 1.1.0 is yanked too (the paused move stops).
     let last = server.json(&["release", "yank", "api", "1.1.0", "--reason", "also bad"]);
     assert_eq!(last["moving_to"], "1.0.0");
+    assert_eq!(last["stopped"][0], id.as_str(), "{last}");
     let id = last["rollout"].as_str().unwrap().to_owned();
     until(&server, &id, "completed");
     settled(&fleet, "api", |_| Some("1.0.0".into()));
-    let none_left = server.json(&["release", "yank", "api", "1.0.0", "--reason", "all bad"]);
-    assert!(none_left["rollout"].is_null());
+
+    // A rollout of another release under way is left alone, and the answer says so.
+    publish(&server, "api", "3.0.0", None, "held");
+    let other = start(&server, "api", "3.0.0");
+    watch(
+        &server,
+        &other,
+        |_| {},
+        |r| r["waves"][0]["baking_since"].is_i64(),
+    );
+    let left = server.json(&["release", "yank", "api", "1.0.0", "--reason", "old"]);
+    assert!(left["rollout"].is_null(), "{left}");
+    let note = left["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("rollout {other}")) && note.contains("left alone"),
+        "{note}"
+    );
+    assert_eq!(state(&status(&server, &other)), "running");
+    // With nothing left that is not yanked, its rollout stops and the sites stay.
+    let none_left = server.json(&["release", "yank", "api", "3.0.0", "--reason", "worst"]);
+    assert_eq!(none_left["stopped"][0], other.as_str(), "{none_left}");
     assert!(
         none_left["note"]
             .as_str()
@@ -619,4 +687,11 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
             .contains("no release of api is left"),
         "{none_left}"
     );
+    std::thread::sleep(Duration::from_secs(2));
+    let on_three = fleet
+        .sites
+        .iter()
+        .filter(|s| s.current("api").as_deref() == Some("3.0.0"))
+        .count();
+    assert_eq!(on_three, 10);
 }

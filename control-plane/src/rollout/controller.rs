@@ -217,6 +217,12 @@ pub async fn start(
     Ok(rollout)
 }
 
+/// Waits for a rollout step under way to finish, so that a change made before (a
+/// release yanked) is seen by every step after.
+pub async fn settle() {
+    let _one = CHANGES.lock().await;
+}
+
 /// Applies an operator's command.
 pub async fn command(
     cp: &ControlPlane,

@@ -71,6 +71,12 @@ pub async fn publish(
     // One publish at a time: the release record collects the binaries of all triples.
     static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one = ONE.lock().await;
+    if let Some(refusal) = crate::releases::get(cp, AGENT_SERVICE, version)?
+        .as_ref()
+        .and_then(ReleaseRecord::refusal)
+    {
+        return Err(AgentReleaseError::Invalid(refusal));
+    }
     let name = manifest::agent_target_name(version, triple);
     let custom = HashMap::from([
         ("kind".to_owned(), Value::from("agent-binary")),
@@ -83,6 +89,9 @@ pub async fn publish(
         .await?;
     let sha256 = continuum_shared::tls::hex(&stored.sha256);
     let key = format!("{AGENT_SERVICE}/{version}");
+    let _record = crate::releases::RECORD_CHANGES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let mut record = cp
         .store
         .get_json::<ReleaseRecord>(Tree::Releases, key.as_bytes())?

@@ -211,6 +211,10 @@ pub fn custom(release: &Release) -> HashMap<String, Value> {
     ])
 }
 
+/// Held while a stored release record is read, changed and written back (a yank, an
+/// agent binary added), so that neither change overwrites the other.
+pub static RECORD_CHANGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Every release, by service and version.
 pub fn list(cp: &ControlPlane) -> Result<Vec<ReleaseRecord>, StoreError> {
     cp.store.list_json(Tree::Releases)

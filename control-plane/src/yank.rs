@@ -78,20 +78,26 @@ pub async fn yank(
             "the reason must be one line of at most {MAX_REASON} characters"
         )));
     }
-    let mut release = releases::get(cp, service, version)?
-        .ok_or_else(|| YankError::NotFound(format!("{service} {version}")))?;
-    if let Some(refusal) = release.refusal() {
-        return Err(YankError::Already(refusal));
-    }
-    release.yanked = Some(Yank {
-        reason: reason.to_owned(),
-        by: actor.to_owned(),
-        at: rfc3339(continuum_shared::unix_now()),
-    });
-    let key = format!("{service}/{version}");
-    cp.store
-        .put_json(Tree::Releases, key.as_bytes(), &release)?;
-    cp.store.flush()?;
+    let release = {
+        let _record = releases::RECORD_CHANGES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut release = releases::get(cp, service, version)?
+            .ok_or_else(|| YankError::NotFound(format!("{service} {version}")))?;
+        if let Some(refusal) = release.refusal() {
+            return Err(YankError::Already(refusal));
+        }
+        release.yanked = Some(Yank {
+            reason: reason.to_owned(),
+            by: actor.to_owned(),
+            at: rfc3339(continuum_shared::unix_now()),
+        });
+        let key = format!("{service}/{version}");
+        cp.store
+            .put_json(Tree::Releases, key.as_bytes(), &release)?;
+        cp.store.flush()?;
+        release
+    };
     tracing::warn!(service, version, reason, by = actor, "release yanked");
     // From here on the yank stands whatever happens: what could not be done is said in
     // the answer, for an operator to finish by hand.

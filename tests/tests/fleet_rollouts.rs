@@ -694,4 +694,34 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         .filter(|s| s.current("api").as_deref() == Some("3.0.0"))
         .count();
     assert_eq!(on_three, 10);
+
+    // A yanked agent release takes no more binaries.
+    let publish_agent = |target: &str| {
+        server.cli(&[
+            "agent-release",
+            "publish",
+            "/bin/true",
+            "--version",
+            "1.2.3",
+            "--target",
+            target,
+        ])
+    };
+    publish_agent("x86_64-unknown-linux-gnu").ok();
+    server
+        .cli(&[
+            "release",
+            "yank",
+            "continuum-agent",
+            "1.2.3",
+            "--reason",
+            "bricks",
+        ])
+        .ok();
+    let refused = publish_agent("aarch64-unknown-linux-gnu");
+    assert!(
+        refused.code != 0 && refused.stderr.contains("bricks"),
+        "{}",
+        refused.stderr
+    );
 }

@@ -221,15 +221,22 @@ impl Director {
     /// sites were refreshed.
     pub async fn refresh_all(&self, force: bool) -> Result<usize, TufError> {
         let _writer = self.writer.write().await;
-        let (root, _) = self.root()?;
-        let key = SigningKey::load(&self.key)?;
+        let signer = self.signer()?;
         let mut refreshed = 0;
         let Ok(entries) = std::fs::read_dir(&self.sites) else {
             return Ok(0);
         };
         for entry in entries.filter_map(|e| e.ok()) {
             let dir = MetaDir::new(entry.path());
-            if refresh(&dir, &root.signed, &key, &self.lifetimes, force).await? {
+            if refresh(
+                &dir,
+                &signer.root.signed,
+                &signer.key,
+                &self.lifetimes,
+                force,
+            )
+            .await?
+            {
                 refreshed += 1;
             }
         }

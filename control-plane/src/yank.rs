@@ -157,8 +157,8 @@ pub async fn yank(
             "no release of {service} is left that is not yanked: the sites keep running {version} until one is published and rolled out"
         )),
         (Some(to), Some(other)) => notes.push(format!(
-            "rollout {} of {service} {} is under way and was left alone; once it is done, roll out {} to move the sites on {version}",
-            other.id, other.version, to.version
+            "rollout {} ({}) is under way and was left alone; once it is done, roll out {} to move the sites on {version}",
+            other.id, other.describe(), to.version
         )),
         (Some(to), None) => {
             match controller::start(cp, service, &to.version, None, Some(&sites), &actor).await {

@@ -12,10 +12,14 @@
 //! cpus = 4
 //! memory = "8GiB"
 //! disk = "50GiB"                 # image archives shipped, and registry images once pulled
+//!
+//! [cleanup]                      # what goes with a service taken off this site
+//! keep_images = false            # true: images no release here needs stay
+//! remove_volumes = false         # true: its named volumes (its data) go too
 //! ```
 //!
 //! Without the file: any registry, digests required, no privileged containers, no host
-//! network, no budget. The agent reloads the file when it changes; an edit that does not
+//! network, no budget, unneeded images removed, volumes kept. The agent reloads the file when it changes; an edit that does not
 //! parse or check is rejected with its line and reason, and the previous policy stays.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +54,12 @@ pub struct SitePolicy {
     pub memory: Option<u64>,
     /// Disk all shipped image archives together may use, in bytes.
     pub disk: Option<u64>,
+    /// Whether images that no release here needs are kept.
+    #[serde(default)]
+    pub keep_images: bool,
+    /// Whether the named volumes of a service taken off the site are removed with it.
+    #[serde(default)]
+    pub remove_volumes: bool,
 }
 
 impl Default for SitePolicy {
@@ -62,6 +72,8 @@ impl Default for SitePolicy {
             cpus: None,
             memory: None,
             disk: None,
+            keep_images: false,
+            remove_volumes: false,
         }
     }
 }
@@ -73,6 +85,15 @@ struct Raw {
     admission: RawAdmission,
     #[serde(default)]
     budget: RawBudget,
+    #[serde(default)]
+    cleanup: RawCleanup,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCleanup {
+    keep_images: Option<bool>,
+    remove_volumes: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -143,6 +164,8 @@ pub fn parse(file: &str, text: &str) -> Result<SitePolicy, String> {
         cpus,
         memory: size(&raw.budget.memory, "memory")?,
         disk: size(&raw.budget.disk, "disk")?,
+        keep_images: raw.cleanup.keep_images.unwrap_or(false),
+        remove_volumes: raw.cleanup.remove_volumes.unwrap_or(false),
     })
 }
 
@@ -393,6 +416,23 @@ mod tests {
             .unwrap_err();
         assert!(
             error.contains("images from docker.io are not allowed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cleanup_keeps_volumes_and_removes_images_unless_told_otherwise() {
+        let default = parse("p.toml", "").unwrap();
+        assert!(!default.keep_images && !default.remove_volumes);
+        let told = parse(
+            "p.toml",
+            "[cleanup]\nkeep_images = true\nremove_volumes = true\n",
+        )
+        .unwrap();
+        assert!(told.keep_images && told.remove_volumes);
+        let error = parse("p.toml", "[cleanup]\nremove_data = true\n").unwrap_err();
+        assert!(
+            error.starts_with("p.toml:2:") && error.contains("remove_data"),
             "{error}"
         );
     }

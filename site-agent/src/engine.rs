@@ -368,6 +368,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The named volumes a container mounts (host directories are not volumes).
+    pub async fn named_volumes(&self, id: &str) -> Result<Vec<String>, EngineError> {
+        let inspected = self.inspect(id).await?;
+        Ok(inspected
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ.as_deref() == Some("volume"))
+            .filter_map(|m| m.name)
+            .collect())
+    }
+
+    /// Removes a named volume that no container uses; one in use or gone is left alone.
+    pub async fn remove_volume(&self, name: &str) -> Result<bool, EngineError> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
     /// Removes an image that no container uses; an image in use or gone is left alone.
     pub async fn remove_image(&self, id: &str) -> Result<bool, EngineError> {
         let options = RemoveImageOptionsBuilder::new().build();

@@ -251,12 +251,32 @@ fn reporter(
                 },
             );
         }
-        // A service no longer named is gone from the site.
+        // A service no longer named is gone from the site, and reported removed.
         for (service, seen) in history.iter_mut() {
             let named = state.releases.iter().any(|r| &r.release.service == service);
-            if !named && seen.last().is_some_and(|v| !v.is_empty()) {
+            if named {
+                continue;
+            }
+            if seen.last().is_some_and(|v| !v.is_empty()) {
                 seen.push(String::new());
             }
+            good.remove(service);
+            reports.insert(
+                service.clone(),
+                ServiceReport {
+                    service: service.clone(),
+                    desired: None,
+                    running: None,
+                    last_known_good: None,
+                    phase: ServicePhase::Removed,
+                    health: HealthState::Down,
+                    restarts: 0,
+                    last_error: None,
+                    failed: None,
+                    failure: None,
+                    at: continuum_shared::unix_now(),
+                },
+            );
         }
         reports
     })

@@ -12,6 +12,7 @@ mod e2e {
     mod operators;
     mod policies;
     mod protocol;
+    mod removal;
     mod rollouts;
     mod telemetry;
     mod trust;

@@ -66,6 +66,11 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         )
         .route("/v1/rollouts", get(rollouts::list).post(rollouts::start))
         .route("/v1/rollouts/plan", post(rollouts::plan))
+        .route("/v1/services/{service}/remove", post(rollouts::remove))
+        .route(
+            "/v1/services/{service}/remove/plan",
+            post(rollouts::plan_removal),
+        )
         .route("/v1/rollouts/{id}", get(rollouts::get))
         .route("/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/v1/repository/image/targets", get(handlers::signing_base))
@@ -117,6 +122,8 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         telemetry::site_telemetry,
         telemetry::service_logs,
         rollouts::plan,
+        rollouts::plan_removal,
+        rollouts::remove,
         rollouts::start,
         rollouts::list,
         rollouts::get,
@@ -163,6 +170,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         telemetry::SiteTelemetryView,
         rollouts::RolloutStart,
         rollouts::RolloutPlan,
+        rollouts::ServiceRemove,
         crate::rollout::Rollout,
         crate::rollout::Gates,
         crate::rollout::WaveRun,

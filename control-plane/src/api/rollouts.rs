@@ -33,7 +33,7 @@ pub struct RolloutStart {
 pub struct RolloutPlan {
     /// The service.
     pub service: String,
-    /// The release.
+    /// The release (empty for a removal).
     pub version: String,
     /// Gates and budget from the policy.
     pub gates: Gates,
@@ -152,6 +152,76 @@ pub async fn act(
             &id,
             async { controller::command(&cp, &id, command).await.map_err(error) },
         )
+        .await?;
+    Ok(Json(rollout))
+}
+
+/// A request to take a service off sites.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServiceRemove {
+    /// Only the sites this expression selects (among those whose desired state names
+    /// the service); all of them when absent.
+    #[serde(default)]
+    pub select: Option<String>,
+    /// The rollout policy whose waves and gates the removal runs by (`default`).
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// Plans a removal without starting it: exactly what `POST /v1/services/{service}/remove`
+/// would do now.
+#[utoipa::path(post, path = "/v1/services/{service}/remove/plan", request_body = ServiceRemove,
+    params(("service" = String, Path)),
+    responses((status = 200, body = RolloutPlan), (status = 400, body = crate::views::ErrorBody)))]
+pub async fn plan_removal(
+    State(cp): Cp,
+    caller: Caller,
+    Path(service): Path<String>,
+    Json(body): Json<ServiceRemove>,
+) -> Result<Json<RolloutPlan>, ApiError> {
+    caller.may_read(Role::Viewer)?;
+    let (gates, planned) = tokio::task::block_in_place(|| {
+        crate::rollout::removal::plan_removal(
+            &cp,
+            &service,
+            body.select.as_deref(),
+            body.policy.as_deref(),
+        )
+    })
+    .map_err(error)?;
+    Ok(Json(RolloutPlan {
+        service,
+        version: String::new(),
+        gates,
+        waves: planned.waves,
+        excluded: planned.excluded,
+    }))
+}
+
+/// Takes a service off sites by a rollout (waves, gates, pause, cancel; a rollback
+/// puts it back): each site's agent removes its containers.
+#[utoipa::path(post, path = "/v1/services/{service}/remove", request_body = ServiceRemove,
+    params(("service" = String, Path)),
+    responses((status = 200, body = Rollout), (status = 400, body = crate::views::ErrorBody),
+        (status = 403, body = crate::views::ErrorBody)))]
+pub async fn remove(
+    State(cp): Cp,
+    caller: Caller,
+    Path(service): Path<String>,
+    Json(body): Json<ServiceRemove>,
+) -> Result<Json<Rollout>, ApiError> {
+    let rollout = caller
+        .write(&cp, Role::Operator, "service.remove", &service, async {
+            controller::start_removal(
+                &cp,
+                &service,
+                body.select.as_deref(),
+                body.policy.as_deref(),
+                &caller.actor.name,
+            )
+            .await
+            .map_err(error)
+        })
         .await?;
     Ok(Json(rollout))
 }

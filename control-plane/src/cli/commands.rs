@@ -96,6 +96,7 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
             Ok(())
         }
         Command::Rollout(command) => super::rollouts::run(&api, out, command).await,
+        Command::Service(command) => super::rollouts::run_service(&api, out, command).await,
         Command::Keys(command) => super::keys::run(&api, out, command).await,
         Command::Site(SiteCommand::Assign {
             site,

@@ -87,6 +87,9 @@ pub enum Command {
     /// Move a service to a release across the fleet, in waves.
     #[command(subcommand)]
     Rollout(rollouts::RolloutCommand),
+    /// Take a service off sites.
+    #[command(subcommand)]
+    Service(rollouts::ServiceCommand),
     /// The signing keys of the release and desired-state repositories.
     #[command(subcommand)]
     Keys(keys::KeysCommand),

@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::Output;
 use super::output::{print, table};
-use crate::api::rollouts::{RolloutPlan, RolloutStart};
+use crate::api::rollouts::{RolloutPlan, RolloutStart, ServiceRemove};
 use crate::client::ApiClient;
 use crate::rollout::{Rollout, RolloutState, SiteProgress, WaveRun};
 
@@ -59,6 +59,59 @@ pub enum RolloutCommand {
     },
 }
 
+/// `continuum service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Take SERVICE off sites by a rollout (waves, gates, pause, cancel; a rollback
+    /// puts it back): each site's agent removes its containers, and its images and
+    /// volumes as the site policy says.
+    Remove {
+        /// The service.
+        service: String,
+        /// Only the sites this expression selects (default: every site that has it).
+        #[arg(long, value_name = "EXPR")]
+        select: Option<String>,
+        /// The rollout policy whose waves and gates the removal runs by.
+        #[arg(long, default_value = "default")]
+        policy: String,
+        /// Print the plan and start nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs `continuum service …`.
+pub async fn run_service(
+    api: &ApiClient,
+    out: Output,
+    command: ServiceCommand,
+) -> anyhow::Result<()> {
+    let ServiceCommand::Remove {
+        service,
+        select,
+        policy,
+        dry_run,
+    } = command;
+    continuum_shared::names::check_name("service", &service)?;
+    let body = ServiceRemove {
+        select,
+        policy: Some(policy),
+    };
+    if dry_run {
+        let path = format!("/v1/services/{service}/remove/plan");
+        let plan: RolloutPlan = api.post(&path, &body).await?;
+        match out {
+            Output::Json => print(out, &plan, &[], vec![]),
+            Output::Table => print!("{}", render_plan(&plan)),
+        }
+    } else {
+        let path = format!("/v1/services/{service}/remove");
+        let rollout: Rollout = api.post(&path, &body).await?;
+        show(out, &rollout);
+    }
+    Ok(())
+}
+
 /// Runs `continuum rollout …`.
 pub async fn run(api: &ApiClient, out: Output, command: RolloutCommand) -> anyhow::Result<()> {
     let act = |id: String, action: &'static str| async move {
@@ -104,7 +157,7 @@ pub async fn run(api: &ApiClient, out: Output, command: RolloutCommand) -> anyho
                     vec![
                         r.id.clone(),
                         r.service.clone(),
-                        r.version.clone(),
+                        shown_version(r),
                         state_name(&r.state),
                         format!("{done}/{}", r.sites.len()),
                         r.failures().to_string(),
@@ -153,11 +206,22 @@ fn state_name(state: &RolloutState) -> String {
     }
 }
 
+/// The release a rollout moves to, or `(removed)`.
+fn shown_version(rollout: &Rollout) -> String {
+    match rollout.removal {
+        true => "(removed)".to_owned(),
+        false => rollout.version.clone(),
+    }
+}
+
 fn render_plan(plan: &RolloutPlan) -> String {
+    let version = match plan.version.as_str() {
+        "" => "removal",
+        version => version,
+    };
     let mut text = format!(
-        "plan: {} {} by policy {} (bake {}s, healthy for {}s, at most {} at once, failure budget {} then {:?})\n",
+        "plan: {} {version} by policy {} (bake {}s, healthy for {}s, at most {} at once, failure budget {} then {:?})\n",
         plan.service,
-        plan.version,
         plan.gates.policy,
         plan.gates.bake_secs,
         plan.gates.healthy_for_secs,
@@ -188,7 +252,7 @@ fn show(out: Output, rollout: &Rollout) {
         "rollout {}: {} → {} by policy {}: {}",
         rollout.id,
         rollout.service,
-        rollout.version,
+        shown_version(rollout),
         rollout.gates.policy,
         state_name(&rollout.state)
     );

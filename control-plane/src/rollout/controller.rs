@@ -124,15 +124,19 @@ pub fn dry_run(
         policy,
     );
     planned.excluded.extend(unfit);
-    let gates = Gates {
+    Ok((gates_of(policy), planned))
+}
+
+/// The gates a rollout runs by, from its policy.
+pub fn gates_of(policy: &crate::policy::file::RolloutPolicy) -> Gates {
+    Gates {
         policy: policy.name.clone(),
         bake_secs: policy.bake.as_secs(),
         healthy_for_secs: policy.healthy_for.as_secs(),
         max_parallel: policy.max_parallel,
         failure_budget: policy.failure_budget,
         on_failure: policy.on_failure,
-    };
-    Ok((gates, planned))
+    }
 }
 
 fn read_manifest(
@@ -170,6 +174,33 @@ pub async fn start(
 ) -> Result<Rollout, RolloutError> {
     let _one = CHANGES.lock().await;
     let (gates, planned) = dry_run(cp, service, version, policy, only)?;
+    begin(cp, service, Some(version), gates, planned, actor)
+}
+
+/// Starts taking `service` off the sites that `select` picks among those whose desired
+/// state names it, in the waves of `policy` (`default` when absent); a running rollout
+/// of the service is superseded.
+pub async fn start_removal(
+    cp: &ControlPlane,
+    service: &str,
+    select: Option<&str>,
+    policy: Option<&str>,
+    actor: &str,
+) -> Result<Rollout, RolloutError> {
+    let _one = CHANGES.lock().await;
+    let (gates, planned) = super::removal::plan_removal(cp, service, select, policy)?;
+    begin(cp, service, None, gates, planned, actor)
+}
+
+/// Records and wakes a planned rollout to `version` (`None`: a removal).
+fn begin(
+    cp: &ControlPlane,
+    service: &str,
+    version: Option<&str>,
+    gates: Gates,
+    planned: Plan,
+    actor: &str,
+) -> Result<Rollout, RolloutError> {
     let now = unix_now();
     let id = format!(
         "r{:012x}",
@@ -199,7 +230,8 @@ pub async fn start(
     let rollout = Rollout {
         id,
         service: service.to_owned(),
-        version: version.to_owned(),
+        version: version.unwrap_or_default().to_owned(),
+        removal: version.is_none(),
         gates,
         waves: planned.waves,
         excluded: planned.excluded,
@@ -212,7 +244,7 @@ pub async fn start(
         updated_at: now,
     };
     save(cp, &rollout)?;
-    info!(rollout = %rollout.id, service, version, sites = rollout.sites.len(), "rollout started");
+    info!(rollout = %rollout.id, what = %rollout.describe(), sites = rollout.sites.len(), "rollout started");
     WAKE.notify_one();
     Ok(rollout)
 }

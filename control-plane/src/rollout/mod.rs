@@ -11,6 +11,7 @@
 
 pub mod controller;
 pub mod plan;
+pub mod removal;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -119,8 +120,11 @@ pub struct Rollout {
     pub id: String,
     /// The service.
     pub service: String,
-    /// The release it moves to.
+    /// The release it moves to (empty when it removes the service).
     pub version: String,
+    /// Whether it takes the service off its sites instead of moving them to a release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removal: bool,
     /// Gates and budget.
     pub gates: Gates,
     /// The waves.
@@ -144,6 +148,19 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// What each of its sites is told: the release, or `None` for a removal.
+    pub fn target(&self) -> Option<String> {
+        (!self.removal).then(|| self.version.clone())
+    }
+
+    /// What it does, for people: `web 2.0`, or `removal of web`.
+    pub fn describe(&self) -> String {
+        match self.removal {
+            true => format!("removal of {}", self.service),
+            false => format!("{} {}", self.service, self.version),
+        }
+    }
+
     /// How many of its sites failed.
     pub fn failures(&self) -> usize {
         self.sites

@@ -80,15 +80,21 @@ fn track(
     actions: &mut Vec<SetRelease>,
 ) {
     let version = rollout.version.clone();
+    let removal = rollout.removal;
     let healthy_for = rollout.gates.healthy_for_secs as i64;
     for (site, progress) in rollout.sites.iter_mut() {
         let report = fleet.get(site).and_then(|s| s.report.as_ref());
-        let runs_healthy = report.is_some_and(|r| {
-            r.running.as_deref() == Some(&version)
-                && r.phase == ServicePhase::Running
-                && r.health == HealthState::Healthy
-        });
-        let failed = report.filter(|r| r.failed.as_deref() == Some(&version));
+        // A removal is done once the site reports the service gone (the control plane
+        // forgets a service reported removed).
+        let runs_healthy = match removal {
+            true => report.is_none_or(|r| r.phase == ServicePhase::Removed),
+            false => report.is_some_and(|r| {
+                r.running.as_deref() == Some(&version)
+                    && r.phase == ServicePhase::Running
+                    && r.health == HealthState::Healthy
+            }),
+        };
+        let failed = report.filter(|r| !removal && r.failed.as_deref() == Some(&version));
         let next = match progress {
             SiteProgress::Updating { .. } | SiteProgress::Healthy { .. } if failed.is_some() => {
                 let r = failed.map(|r| {
@@ -187,7 +193,7 @@ fn advance(
                     in_flight += 1;
                     actions.push(SetRelease {
                         site: site.clone(),
-                        version: Some(rollout.version.clone()),
+                        version: rollout.target(),
                     });
                 }
             }

@@ -71,6 +71,7 @@ fn rollout_for(policy: &PolicyFile, require: Option<&str>) -> Rollout {
         id: "r1".into(),
         service: "web".into(),
         version: "2".into(),
+        removal: false,
         gates: Gates {
             policy: "default".into(),
             bake_secs: p.bake.as_secs(),
@@ -167,6 +168,8 @@ impl Sim {
                     last_known_good: Some("1".into()),
                     phase: if failed {
                         ServicePhase::RolledBack
+                    } else if self.desired.get(site) == Some(&None) {
+                        ServicePhase::Removed
                     } else {
                         ServicePhase::Running
                     },
@@ -371,4 +374,26 @@ fn an_operators_rollback_reverts_and_nothing_is_left_in_between() {
         SiteProgress::Pending | SiteProgress::Reverted | SiteProgress::Waiting { .. }
     )));
     assert!(sim.desired.values().all(|v| v.as_deref() == Some("1")));
+}
+
+#[test]
+fn a_removal_takes_the_service_off_every_site_in_waves() {
+    let policy = policy_file(POLICY);
+    let mut rollout = rollout_for(&policy, None);
+    rollout.removal = true;
+    rollout.version = String::new();
+    let mut sim = Sim::new();
+    for now in 0..3000 {
+        sim.step(&mut rollout, now);
+        if rollout.state == RolloutState::Completed {
+            break;
+        }
+    }
+    assert_eq!(rollout.state, RolloutState::Completed);
+    assert_eq!(sim.desired.len(), rollout.sites.len());
+    assert!(
+        sim.desired.values().all(Option::is_none),
+        "every site told to remove it"
+    );
+    assert!(rollout.sites.values().all(|p| *p == SiteProgress::Done));
 }

@@ -224,7 +224,7 @@ impl Reconciler {
             reports.insert(name, step.report);
         }
         self.publish(reports);
-        if !busy {
+        if !busy && !self.policy.borrow().keep_images {
             self.sweep_images(&engine, &desired).await;
         }
         tracing::debug!(
@@ -616,11 +616,28 @@ impl Reconciler {
         self.probes.remove(name);
     }
 
-    /// A service no longer desired: its containers go, and so does its record.
+    /// A service no longer desired: its containers go, and so does its record; its
+    /// named volumes too if the site policy says so.
     async fn retire(&mut self, engine: &Engine, name: &str, theirs: &[&Ours]) -> Step {
+        let remove_volumes = self.policy.borrow().remove_volumes;
         for c in theirs {
+            let volumes = match remove_volumes {
+                true => engine.named_volumes(&c.id).await.unwrap_or_default(),
+                false => Vec::new(),
+            };
             info!(service = %name, container = %c.name, "not desired here; removing");
             self.remove(engine, c).await;
+            for volume in volumes {
+                match engine.remove_volume(&volume).await {
+                    Ok(true) => {
+                        info!(service = %name, %volume, "removed its volume, as the site policy says")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(service = %name, %volume, error = %e, "could not remove a volume")
+                    }
+                }
+            }
         }
         if let Err(e) = self.ledger.remove(name) {
             warn!(service = %name, error = %e, "could not forget the service");

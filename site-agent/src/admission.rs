@@ -13,9 +13,9 @@
 //! memory = "8GiB"
 //! disk = "50GiB"                 # image archives shipped, and registry images once pulled
 //!
-//! [cleanup]                      # what goes with a service taken off this site
-//! keep_images = false            # true: images no release here needs stay
-//! remove_volumes = false         # true: its named volumes (its data) go too
+//! [cleanup]
+//! keep_images = false            # true: images no release here needs stay (old releases' too)
+//! remove_volumes = false         # true: a service taken off takes its named volumes (its data)
 //! ```
 //!
 //! Without the file: any registry, digests required, no privileged containers, no host

@@ -694,6 +694,13 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         .filter(|s| s.current("api").as_deref() == Some("3.0.0"))
         .count();
     assert_eq!(on_three, 10);
+    let stuck = fleet
+        .sites
+        .iter()
+        .find(|s| s.current("api").as_deref() == Some("3.0.0"))
+        .unwrap();
+    let shown = server.cli(&["site", "desired", &stuck.name]).ok().stdout;
+    assert!(shown.contains("yanked: worst"), "{shown}");
 
     // A yanked agent release takes no more binaries.
     let publish_agent = |target: &str| {
@@ -804,6 +811,19 @@ fn a_service_is_removed_in_waves_from_the_sites_selected_and_a_rollback_puts_it_
                 .as_object()
                 .is_some_and(|s| s.values().any(|p| p["state"] == "done"))
         },
+    );
+    // Never two at once: a removal does not cut a rollout of the service short.
+    let second = server.cli(&["service", "remove", "cache", "--policy", "trickle"]);
+    assert!(
+        second.code != 0 && second.stderr.contains(&format!("rollout {id}")),
+        "{}",
+        second.stderr
+    );
+    let agent = server.cli(&["service", "remove", "continuum-agent"]);
+    assert!(
+        agent.code != 0 && agent.stderr.contains("can be removed"),
+        "{}",
+        agent.stderr
     );
     server.cli(&["rollout", "rollback", &id]).ok();
     until(&server, &id, "rolled-back");

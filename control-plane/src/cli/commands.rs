@@ -81,6 +81,18 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
             let desired: crate::model::DesiredRecord = api
                 .get(&format!("/v1/sites/{}/desired", path_segment(&name)?))
                 .await?;
+            // A release yanked since it was given is marked, with why.
+            let releases: Vec<crate::model::ReleaseRecord> = match out {
+                Output::Table => api.get("/v1/releases").await?,
+                Output::Json => Vec::new(),
+            };
+            let yanked = |service: &str, version: &str| {
+                releases
+                    .iter()
+                    .find(|r| r.service == service && r.version == version)
+                    .and_then(|r| r.yanked.as_ref())
+                    .map_or_else(String::new, |y| format!("yanked: {}", y.reason))
+            };
             let rows = desired
                 .releases
                 .iter()
@@ -89,10 +101,11 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
                         service.clone(),
                         r.version.clone(),
                         if r.pinned { "pinned" } else { "rollout" }.to_owned(),
+                        yanked(service, &r.version),
                     ]
                 })
                 .collect();
-            print(out, &desired, &["SERVICE", "VERSION", "BY"], rows);
+            print(out, &desired, &["SERVICE", "VERSION", "BY", "YANKED"], rows);
             Ok(())
         }
         Command::Rollout(command) => super::rollouts::run(&api, out, command).await,

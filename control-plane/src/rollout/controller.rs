@@ -188,6 +188,17 @@ pub async fn start_removal(
     actor: &str,
 ) -> Result<Rollout, RolloutError> {
     let _one = CHANGES.lock().await;
+    // A removal of some sites must not cut short a rollout of the service elsewhere.
+    if let Some(other) = list(cp)?
+        .into_iter()
+        .find(|r| r.service == service && r.state.active())
+    {
+        return Err(RolloutError::Invalid(format!(
+            "rollout {} ({}) is under way: let it finish or cancel it first",
+            other.id,
+            other.describe()
+        )));
+    }
     let (gates, planned) = super::removal::plan_removal(cp, service, select, policy)?;
     begin(cp, service, None, gates, planned, actor)
 }
@@ -352,6 +363,9 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
                     report: record.and_then(|r| r.services.get(&rollout.service).cloned()),
                     window_open: windows.is_empty() || windows.iter().any(|w| w.open_at(now)),
                     lock: record.and_then(|r| r.lock.as_ref().map(|l| l.reason.clone())),
+                    caught_up: record
+                        .and_then(|r| r.trust.as_ref())
+                        .is_some_and(|t| t.verified_generation >= desired::generation(cp, site)),
                 };
                 (site.clone(), view)
             })
@@ -368,11 +382,18 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
         for (action, result) in actions.iter().zip(results) {
             if let Err(e) = result {
                 warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");
-                // Not started after all: the next step starts it again.
-                if let Some(progress @ SiteProgress::Updating { .. }) =
-                    rollout.sites.get_mut(&action.site)
-                {
-                    *progress = SiteProgress::Pending;
+                match rollout.sites.get_mut(&action.site) {
+                    // Not started after all: the next step starts it again.
+                    Some(progress @ SiteProgress::Updating { .. }) => {
+                        *progress = SiteProgress::Pending;
+                    }
+                    // Not put back (its previous release is yanked, say): said so.
+                    Some(progress @ SiteProgress::Reverted) => {
+                        *progress = SiteProgress::Failed {
+                            reason: format!("could not be put back: {e}"),
+                        };
+                    }
+                    _ => {}
                 }
             }
         }

@@ -21,6 +21,11 @@ pub fn plan_removal(
     select: Option<&str>,
     policy: Option<&str>,
 ) -> Result<(Gates, Plan), RolloutError> {
+    if service == continuum_shared::manifest::AGENT_SERVICE {
+        return Err(RolloutError::Invalid(
+            "the agent is not a service that can be removed from sites".into(),
+        ));
+    }
     let policy_name = policy.unwrap_or("default");
     let snapshot = cp.policies.snapshot();
     let policy = snapshot.rollout(policy_name).ok_or_else(|| {

@@ -22,6 +22,9 @@ pub struct SiteNow {
     pub window_open: bool,
     /// Why updates are deferred at the site, if its admin locked it.
     pub lock: Option<String>,
+    /// Whether the site verified its current desired state: until then, a service it
+    /// does not report may simply not have reached it.
+    pub caught_up: bool,
 }
 
 /// A change the controller must make: the site's desired release of the service
@@ -84,17 +87,23 @@ fn track(
     let healthy_for = rollout.gates.healthy_for_secs as i64;
     for (site, progress) in rollout.sites.iter_mut() {
         let report = fleet.get(site).and_then(|s| s.report.as_ref());
-        // A removal is done once the site reports the service gone (the control plane
-        // forgets a service reported removed).
+        // A removal is done once the site, having verified the desired state without
+        // the service, reports it gone (the control plane forgets a service reported
+        // removed).
+        let caught_up = fleet.get(site).is_some_and(|s| s.caught_up);
         let runs_healthy = match removal {
-            true => report.is_none_or(|r| r.phase == ServicePhase::Removed),
+            true => caught_up && report.is_none_or(|r| r.phase == ServicePhase::Removed),
             false => report.is_some_and(|r| {
                 r.running.as_deref() == Some(&version)
                     && r.phase == ServicePhase::Running
                     && r.health == HealthState::Healthy
             }),
         };
-        let failed = report.filter(|r| !removal && r.failed.as_deref() == Some(&version));
+        let failed = report.filter(|r| match removal {
+            // The agent could not take it off (its containers would not go).
+            true => r.desired.is_none() && r.phase == ServicePhase::Failed,
+            false => r.failed.as_deref() == Some(&version),
+        });
         let next = match progress {
             SiteProgress::Updating { .. } | SiteProgress::Healthy { .. } if failed.is_some() => {
                 let r = failed.map(|r| {

@@ -185,6 +185,7 @@ impl Sim {
                     report: Some(report),
                     window_open: !self.closed.contains(site),
                     lock: self.locked.contains(site).then(|| "maintenance".into()),
+                    caught_up: true,
                 };
                 (site.clone(), now)
             })
@@ -396,4 +397,68 @@ fn a_removal_takes_the_service_off_every_site_in_waves() {
         "every site told to remove it"
     );
     assert!(rollout.sites.values().all(|p| *p == SiteProgress::Done));
+}
+
+#[test]
+fn a_removal_waits_for_the_site_to_catch_up_and_counts_a_site_that_cannot_remove_as_failed() {
+    let policy = policy_file(POLICY);
+    let mut rollout = rollout_for(&policy, None);
+    rollout.removal = true;
+    rollout.version = String::new();
+    let sites: Vec<String> = rollout.sites.keys().take(2).cloned().collect();
+    for site in &sites {
+        rollout
+            .sites
+            .insert(site.clone(), SiteProgress::Updating { since: 0 });
+    }
+    let stuck = ServiceReport {
+        service: "web".into(),
+        desired: None,
+        running: Some("1".into()),
+        last_known_good: Some("1".into()),
+        phase: ServicePhase::Failed,
+        health: HealthState::Down,
+        restarts: 0,
+        last_error: Some("could not remove container web-1".into()),
+        failed: None,
+        failure: None,
+        at: 0,
+    };
+    let view = |caught_up: bool| -> BTreeMap<String, SiteNow> {
+        BTreeMap::from([
+            (
+                sites[0].clone(),
+                SiteNow {
+                    online: true,
+                    report: None,
+                    window_open: true,
+                    lock: None,
+                    caught_up,
+                },
+            ),
+            (
+                sites[1].clone(),
+                SiteNow {
+                    online: true,
+                    report: Some(stuck.clone()),
+                    window_open: true,
+                    lock: None,
+                    caught_up,
+                },
+            ),
+        ])
+    };
+    // No report yet, but the site has not verified the removal: not done.
+    step(&mut rollout, &view(false), 1);
+    assert_eq!(
+        rollout.sites[&sites[0]],
+        SiteProgress::Updating { since: 0 }
+    );
+    step(&mut rollout, &view(true), 2);
+    assert_eq!(rollout.sites[&sites[0]], SiteProgress::Healthy { since: 2 });
+    assert!(
+        matches!(&rollout.sites[&sites[1]], SiteProgress::Failed { .. }),
+        "{:?}",
+        rollout.sites[&sites[1]]
+    );
 }

@@ -218,7 +218,7 @@ impl Reconciler {
             let wanted = desired.releases.iter().find(|r| r.release.service == name);
             let step = match wanted {
                 Some(wanted) => self.converge(&engine, wanted, &theirs).await,
-                None => self.retire(&engine, &name, &theirs).await,
+                None => self.retire(&engine, &desired, &name, &theirs).await,
             };
             busy |= step.busy;
             reports.insert(name, step.report);
@@ -617,18 +617,37 @@ impl Reconciler {
     }
 
     /// A service no longer desired: its containers go, and so does its record; its
-    /// named volumes too if the site policy says so.
-    async fn retire(&mut self, engine: &Engine, name: &str, theirs: &[&Ours]) -> Step {
+    /// named volumes too if the site policy says so, unless a desired release mounts
+    /// them. It is reported removed only once every container is gone; until then the
+    /// error is reported and the removal tried again.
+    async fn retire(
+        &mut self,
+        engine: &Engine,
+        desired: &DesiredState,
+        name: &str,
+        theirs: &[&Ours],
+    ) -> Step {
         let remove_volumes = self.policy.borrow().remove_volumes;
+        let in_use: BTreeSet<&str> = desired
+            .releases
+            .iter()
+            .flat_map(|r| r.release.container.volumes.iter())
+            .map(|v| v.source.as_str())
+            .collect();
+        let mut failed = None;
         for c in theirs {
             let volumes = match remove_volumes {
                 true => engine.named_volumes(&c.id).await.unwrap_or_default(),
                 false => Vec::new(),
             };
             info!(service = %name, container = %c.name, "not desired here; removing");
-            self.remove(engine, c).await;
-            for volume in volumes {
-                match engine.remove_volume(&volume).await {
+            if let Err(e) = engine.remove(&c.id).await {
+                warn!(container = %c.name, error = %e, "could not remove a container");
+                failed = Some(format!("could not remove container {}: {e}", c.name));
+                continue;
+            }
+            for volume in volumes.iter().filter(|v| !in_use.contains(v.as_str())) {
+                match engine.remove_volume(volume).await {
                     Ok(true) => {
                         info!(service = %name, %volume, "removed its volume, as the site policy says")
                     }
@@ -639,14 +658,19 @@ impl Reconciler {
                 }
             }
         }
+        let mut report = report::blank(name);
+        report.health = HealthState::Down;
+        if let Some(error) = failed {
+            report.phase = ServicePhase::Failed;
+            report.last_error = Some(error);
+            return Step { report, busy: true };
+        }
         if let Err(e) = self.ledger.remove(name) {
             warn!(service = %name, error = %e, "could not forget the service");
         }
         self.probes.remove(name);
         self.errors.remove(name);
-        let mut report = report::blank(name);
         report.phase = ServicePhase::Removed;
-        report.health = HealthState::Down;
         Step {
             report,
             busy: false,

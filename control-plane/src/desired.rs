@@ -265,7 +265,15 @@ async fn sign(
     actor: &str,
     durable: bool,
 ) -> Result<(), DesiredError> {
-    desired.generation += 1;
+    // Past anything the director holds too: metadata written before a crash that kept
+    // the record from being stored may have reached the site already, and a site never
+    // takes a generation it has as new.
+    let signed = cp
+        .director
+        .site(&desired.site)
+        .latest("targets.json")
+        .unwrap_or(0);
+    desired.generation = desired.generation.max(signed) + 1;
     desired.updated_at = rfc3339(continuum_shared::unix_now());
     desired.updated_by = actor.to_owned();
     let mut entries = Vec::new();

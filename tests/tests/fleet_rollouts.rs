@@ -89,6 +89,39 @@ fn until(server: &Server, id: &str, wanted: &str) -> Value {
     watch(server, id, |_| {}, |r| state(r) == wanted)
 }
 
+/// Like [`until`], but a timeout says, for each site not done, what it was told and
+/// what the control plane sees of it.
+fn until_explained(server: &Server, fleet: &Fleet, service: &str, id: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let rollout = status(server, id);
+        if state(&rollout) == wanted {
+            return rollout;
+        }
+        if Instant::now() >= deadline {
+            let stuck: Vec<String> = fleet
+                .sites
+                .iter()
+                .filter(|s| progress(&rollout, &s.name) != "done")
+                .map(|s| {
+                    format!(
+                        "{} is {}; told {:?}; the control plane sees {}",
+                        s.name,
+                        progress(&rollout, &s.name),
+                        s.history(service),
+                        server.site(&s.name).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "rollout {id} is not {wanted} after {LIMIT:?}:\n{}",
+                stuck.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until every site's desired state names what `expected` says for it.
 fn settled(fleet: &Fleet, service: &str, expected: impl Fn(&SimSite) -> Option<String>) {
     wait::until(LIMIT, "every site told what the rollout decided", || {
@@ -335,7 +368,7 @@ fn a_killed_control_plane_resumes_and_supersede_and_cancel_leave_no_site_between
     assert_eq!(state(&before), "running");
     server.kill();
     server.restart();
-    until(&server, &id, "completed");
+    until_explained(&server, &fleet, "web", &id, "completed");
     for site in &fleet.sites {
         assert_eq!(site.history("web"), ["1.0.0"], "{}", site.name);
     }

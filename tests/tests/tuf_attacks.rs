@@ -211,3 +211,29 @@ fn an_unchanged_image_repository_is_not_fetched_again_and_a_changed_one_is_verif
     std::fs::write(metadata.join("timestamp.json"), timestamp).unwrap();
     assert!(matches!(verify(), Err(TrustError::Refused(_))));
 }
+
+#[test]
+fn trusted_files_left_empty_by_an_interrupted_write_do_not_lock_the_site_out() {
+    let fixture = fixtures().join("valid");
+    let state = tempfile::tempdir().unwrap();
+    copy_tree(&fixture.join("client"), state.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let verify = || {
+        runtime.block_on(trust::verify(
+            state.path(),
+            SITE,
+            FixtureTransport::new(&fixture),
+        ))
+    };
+    verify().unwrap();
+    // A verification cut short between truncating and writing its files (the agent
+    // killed, its task dropped) leaves them empty.
+    for repo in [trust::Repo::Director, trust::Repo::Image] {
+        let store = trust::datastore(state.path(), repo);
+        for name in ["root.json", "timestamp.json", "snapshot.json"] {
+            std::fs::write(store.join(name), b"").unwrap();
+        }
+    }
+    let again = verify();
+    assert!(again.is_ok(), "{again:?}");
+}

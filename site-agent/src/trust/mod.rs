@@ -16,7 +16,9 @@ pub mod desired;
 mod image_cache;
 pub mod transport;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use continuum_shared::manifest::{self, ImageArchive, ImageSource};
 use tough::schema::{Signed, Targets};
@@ -133,9 +135,36 @@ pub async fn load<T: tough::Transport + Clone + 'static>(
     let store = datastore(state_dir, repo);
     continuum_shared::files::create_private_dir(&store)
         .map_err(|e| TrustError::Stale(e.to_string()))?;
-    let root = match std::fs::read(store.join("root.json")) {
-        Ok(bytes) => bytes,
-        Err(_) => std::fs::read(initial_root_path(state_dir, repo)).map_err(|_| {
+    // The newest root trusted so far, unless a write cut short left it damaged: then
+    // the root pinned at join, from which the chain of roots is walked again.
+    let stored = std::fs::read(store.join("root.json")).ok().filter(|bytes| {
+        let whole = serde_json::from_slice::<serde_json::Value>(bytes).is_ok();
+        if !whole {
+            tracing::warn!(
+                repository = repo.host(),
+                "the stored root is damaged; starting again from the root pinned at join"
+            );
+        }
+        whole
+    });
+    // Damaged copies of the other roles only weaken the rollback check for one load;
+    // kept, they would refuse every load.
+    for name in ["timestamp.json", "snapshot.json", "targets.json"] {
+        let path = store.join(name);
+        if let Ok(bytes) = std::fs::read(&path)
+            && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+        {
+            tracing::warn!(
+                repository = repo.host(),
+                file = name,
+                "a stored role is damaged; loading it afresh"
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    let root = match stored {
+        Some(bytes) => bytes,
+        None => std::fs::read(initial_root_path(state_dir, repo)).map_err(|_| {
             TrustError::Stale(format!(
                 "no trusted {} root yet (it arrives after join)",
                 repo.host()
@@ -229,6 +258,15 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
     site: &str,
     transport: T,
 ) -> Result<DesiredState, TrustError> {
+    // One verification at a time per agent: a session's verification may still run
+    // when the next session starts one, and both would write the same trusted files.
+    let one = {
+        static VERIFYING: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+            LazyLock::new(Default::default);
+        let mut all = VERIFYING.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(state_dir.to_path_buf()).or_default().clone()
+    };
+    let _one = one.lock().await;
     let director = load(state_dir, Repo::Director, transport.clone()).await?;
     let image = match image_cache::reuse(state_dir, &transport).await {
         image_cache::Lookup::Hit(image) => *image,

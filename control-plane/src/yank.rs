@@ -162,7 +162,20 @@ pub async fn yank(
         )),
         (Some(to), None) => {
             match controller::start(cp, service, &to.version, None, Some(&sites), &actor).await {
-                Ok(rollout) => outcome.rollout = Some(rollout.id),
+                Ok(rollout) => {
+                    let left: Vec<&String> = sites
+                        .iter()
+                        .filter(|s| !rollout.sites.contains_key(*s))
+                        .collect();
+                    if !left.is_empty() {
+                        notes.push(format!(
+                            "{} site(s) may not run {} and keep {version} (see the rollout's excluded sites)",
+                            left.len(),
+                            to.version
+                        ));
+                    }
+                    outcome.rollout = Some(rollout.id);
+                }
                 Err(e) => notes.push(format!(
                     "the sites running it could not be moved to {}: {e}; start a rollout by hand",
                     to.version

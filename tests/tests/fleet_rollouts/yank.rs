@@ -223,3 +223,44 @@ fn a_yanked_release_is_never_rolled_out_again_and_its_sites_move_to_the_newest_g
         refused.stderr
     );
 }
+
+#[test]
+fn sites_the_replacement_may_not_run_on_keep_the_yanked_release_and_the_answer_says_so() {
+    let server = Server::start();
+    server.install_policy("fast.toml", &with_fast(""), "fast");
+    let fleet = Fleet::start(&server, 21);
+    publish(&server, "db", "1.0.0", None, "fast");
+    publish(&server, "db", "2.0.0", None, "fast");
+    until(&server, &start(&server, "db", "2.0.0"), "completed");
+    // The newest release that is not yanked runs in eu only.
+    publish(
+        &server,
+        "db",
+        "1.5.0",
+        Some(r#"labels.region == "eu""#),
+        "fast",
+    );
+    let outcome = server.json(&["release", "yank", "db", "2.0.0", "--reason", "bad index"]);
+    assert_eq!(outcome["moving_to"], "1.5.0");
+    let eu = fleet.sites.iter().filter(|s| s.has("region", "eu")).count();
+    let note = outcome["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!(
+            "{} site(s) may not run 1.5.0",
+            fleet.sites.len() - eu
+        )),
+        "{outcome}"
+    );
+    let id = outcome["rollout"].as_str().unwrap().to_owned();
+    until(&server, &id, "completed");
+    settled(&fleet, "db", |s| {
+        Some(
+            if s.has("region", "eu") {
+                "1.5.0"
+            } else {
+                "2.0.0"
+            }
+            .to_owned(),
+        )
+    });
+}

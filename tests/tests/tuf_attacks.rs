@@ -188,6 +188,17 @@ fn an_unchanged_image_repository_is_not_fetched_again_and_a_changed_one_is_verif
         image_roles(&transport.asked.lock().unwrap()) >= 2,
         "the first load fetches everything"
     );
+    let timestamps = transport
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| u.ends_with("image/metadata/timestamp.json"))
+        .count();
+    assert_eq!(
+        timestamps, 1,
+        "the timestamp the cache looked at is not fetched again"
+    );
     transport.asked.lock().unwrap().clear();
     verify().unwrap();
     let asked = transport.asked.lock().unwrap().clone();

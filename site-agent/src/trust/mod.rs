@@ -271,7 +271,8 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
     let image = match image_cache::reuse(state_dir, &transport).await {
         image_cache::Lookup::Hit(image) => *image,
         image_cache::Lookup::Miss(served) => {
-            let image = load(state_dir, Repo::Image, transport).await?;
+            let prefetched = image_cache::Prefetched::new(transport, served.clone());
+            let image = load(state_dir, Repo::Image, prefetched).await?;
             if let Some(timestamp) = served {
                 image_cache::remember(state_dir, timestamp, &image);
             }

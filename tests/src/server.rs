@@ -308,6 +308,20 @@ impl Server {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
     }
 
+    /// Writes the manifest `text` as `name` and publishes it with the image archive it
+    /// ships.
+    pub fn publish_shipped(&self, name: &str, text: &str, archive: &Path) {
+        let file = crate::releases::write(self.root(), name, text);
+        self.cli(&[
+            "release",
+            "publish",
+            &file.to_string_lossy(),
+            "--image-archive",
+            &archive.to_string_lossy(),
+        ])
+        .ok();
+    }
+
     /// Creates a join token.
     pub fn token(&self, name: &str, extra: &[&str]) -> String {
         let mut args = vec!["token", "create", "--name", name];

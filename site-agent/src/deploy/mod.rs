@@ -14,6 +14,7 @@
 //! state or the site policy changes, and every second while something is in flight (a
 //! deploy or a trial).
 
+mod cleanup;
 pub mod health;
 pub mod images;
 pub mod ledger;
@@ -236,33 +237,6 @@ impl Reconciler {
             "reconcile pass"
         );
         busy
-    }
-
-    /// Removes images this agent brought that neither a desired release nor a
-    /// last-known-good one runs. An image still in use (by anyone) stays.
-    async fn sweep_images(&mut self, engine: &Engine, desired: &DesiredState) {
-        let mut keep: BTreeSet<String> = desired.releases.iter().map(spec::image_of).collect();
-        for service in self.ledger.services() {
-            if let Ok(ServiceRecord {
-                last_known_good: Some(lkg),
-                ..
-            }) = self.ledger.get(&service)
-            {
-                keep.insert(spec::image_of(&lkg));
-            }
-        }
-        for image in self.ledger.tracked_images() {
-            if keep.contains(&image) {
-                continue;
-            }
-            let _ = engine.remove_image(&image).await;
-            if matches!(engine.image_id(&image).await, Ok(None)) {
-                info!(image = %image, "removed an image no release here needs");
-                if let Err(e) = self.ledger.untrack_image(&image) {
-                    warn!(error = %e, "could not forget a removed image");
-                }
-            }
-        }
     }
 
     /// The engine cannot be reached: nothing is touched, every service reports it.
@@ -614,67 +588,6 @@ impl Reconciler {
         record.trial = None;
         self.save(name, record);
         self.probes.remove(name);
-    }
-
-    /// A service no longer desired: its containers go, and so does its record; its
-    /// named volumes too if the site policy says so, unless a desired release mounts
-    /// them. It is reported removed only once every container is gone; until then the
-    /// error is reported and the removal tried again.
-    async fn retire(
-        &mut self,
-        engine: &Engine,
-        desired: &DesiredState,
-        name: &str,
-        theirs: &[&Ours],
-    ) -> Step {
-        let remove_volumes = self.policy.borrow().remove_volumes;
-        let in_use: BTreeSet<&str> = desired
-            .releases
-            .iter()
-            .flat_map(|r| r.release.container.volumes.iter())
-            .map(|v| v.source.as_str())
-            .collect();
-        let mut failed = None;
-        for c in theirs {
-            let volumes = match remove_volumes {
-                true => engine.named_volumes(&c.id).await.unwrap_or_default(),
-                false => Vec::new(),
-            };
-            info!(service = %name, container = %c.name, "not desired here; removing");
-            if let Err(e) = engine.remove(&c.id).await {
-                warn!(container = %c.name, error = %e, "could not remove a container");
-                failed = Some(format!("could not remove container {}: {e}", c.name));
-                continue;
-            }
-            for volume in volumes.iter().filter(|v| !in_use.contains(v.as_str())) {
-                match engine.remove_volume(volume).await {
-                    Ok(true) => {
-                        info!(service = %name, %volume, "removed its volume, as the site policy says")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        warn!(service = %name, %volume, error = %e, "could not remove a volume")
-                    }
-                }
-            }
-        }
-        let mut report = report::blank(name);
-        report.health = HealthState::Down;
-        if let Some(error) = failed {
-            report.phase = ServicePhase::Failed;
-            report.last_error = Some(error);
-            return Step { report, busy: true };
-        }
-        if let Err(e) = self.ledger.remove(name) {
-            warn!(service = %name, error = %e, "could not forget the service");
-        }
-        self.probes.remove(name);
-        self.errors.remove(name);
-        report.phase = ServicePhase::Removed;
-        Step {
-            report,
-            busy: false,
-        }
     }
 
     async fn remove(&mut self, engine: &Engine, container: &Ours) {

@@ -55,16 +55,7 @@ healthy_within = "{within}"
 }
 
 fn publish(server: &Server, name: &str, text: &str, archive: &Path) {
-    let file = write(server.root(), name, text);
-    server
-        .cli(&[
-            "release",
-            "publish",
-            file.to_str().unwrap(),
-            "--image-archive",
-            archive.to_str().unwrap(),
-        ])
-        .ok();
+    server.publish_shipped(name, text, archive);
 }
 
 fn assign(server: &Server, site: &str, version: &str) {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use continuum_tests::agent::Agent;
 use continuum_tests::docker::{Cleanup, ENGINE, TestImage, containers_of, docker, unique};
-use continuum_tests::releases::write;
 use continuum_tests::server::Server;
 use continuum_tests::wait;
 
@@ -108,20 +107,11 @@ fn a_removed_service_leaves_its_sites_and_the_site_policy_decides_about_images_a
         (&tidy, "svc-t", &image_t, &volume_t),
         (&wipe, "svc-w", &image_w, &volume_w),
     ] {
-        let file = write(
-            server.root(),
+        server.publish_shipped(
             &format!("{service}.toml"),
             &release(service, &image.tag, volume),
+            &image.archive,
         );
-        server
-            .cli(&[
-                "release",
-                "publish",
-                file.to_str().unwrap(),
-                "--image-archive",
-                image.archive.to_str().unwrap(),
-            ])
-            .ok();
         server.cli(&["site", "assign", site, service, "1"]).ok();
         wait::until(LIMIT, "the service healthy", || {
             let s = server.site(site)?;

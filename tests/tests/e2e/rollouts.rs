@@ -91,20 +91,11 @@ fn a_two_wave_rollout_completes_and_a_failing_release_stops_after_the_canary() {
     }
     server.install_policy("two.toml", POLICY, "two");
     for (version, path) in [("1", "/"), ("2", "/"), ("3", "/missing")] {
-        let file = write(
-            server.root(),
+        server.publish_shipped(
             &format!("v{version}.toml"),
             &release(version, &image.tag, path),
+            &image.archive,
         );
-        server
-            .cli(&[
-                "release",
-                "publish",
-                file.to_str().unwrap(),
-                "--image-archive",
-                image.archive.to_str().unwrap(),
-            ])
-            .ok();
     }
 
     for version in ["1", "2"] {

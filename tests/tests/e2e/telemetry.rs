@@ -457,16 +457,7 @@ interval = "1s"
 "#,
         image = image.tag
     );
-    let file = continuum_tests::releases::write(server.root(), "talker.toml", &manifest);
-    server
-        .cli(&[
-            "release",
-            "publish",
-            file.to_str().unwrap(),
-            "--image-archive",
-            image.archive.to_str().unwrap(),
-        ])
-        .ok();
+    server.publish_shipped("talker.toml", &manifest, &image.archive);
     let _agent = joined(
         &server,
         &site,

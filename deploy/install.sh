@@ -81,6 +81,7 @@ AGENT=$LIBDIR/continuum-agent
 LAUNCHER=$LIBDIR/launcher
 BIN=$PREFIX/bin/continuum-agent
 SUPERVISOR=$LIBDIR/supervise
+UNINSTALLER=$LIBDIR/uninstall.sh
 if [ "$ROOT" = yes ]; then
     UNIT=/etc/systemd/system/continuum-agent.service
 else
@@ -177,6 +178,29 @@ done
 EOF
 }
 
+# What the agent runs when its site is decommissioned: it removes what this script
+# installed, without stopping the service (the agent then exits with status 3, which
+# neither the unit, nor OpenRC's supervisor, nor ours restarts).
+uninstaller_script() {
+    echo '#!/bin/sh'
+    echo '# Written by install.sh; run by the agent when the central team decommissions this site.'
+    case $1 in
+        systemd)
+            if [ "$ROOT" = yes ]; then sc=systemctl; else sc="systemctl --user"; fi
+            echo "$sc disable continuum-agent >/dev/null 2>&1 || true"
+            echo "rm -f '$UNIT'"
+            echo "$sc daemon-reload >/dev/null 2>&1 || true"
+            ;;
+        openrc)
+            echo "rc-update del continuum-agent default >/dev/null 2>&1 || true"
+            echo "rm -f '$OPENRC'"
+            ;;
+    esac
+    echo "rm -f '$BIN' '$SUPERVISOR' '$AGENT' '$LAUNCHER' '$UNINSTALLER'"
+    echo "rmdir '$LIBDIR' 2>/dev/null || true"
+    echo "rm -rf '$STATE'"
+}
+
 engine_arg() {
     [ -n "$ENGINE" ] && printf ' --engine %s' "$ENGINE"
     return 0
@@ -207,7 +231,7 @@ uninstall() {
         rm -f "$UNIT"
         systemctl_ daemon-reload >/dev/null 2>&1 || true
     fi
-    rm -f "$OPENRC" "$BIN" "$SUPERVISOR" "$AGENT" "$LAUNCHER"
+    rm -f "$OPENRC" "$BIN" "$SUPERVISOR" "$AGENT" "$LAUNCHER" "$UNINSTALLER"
     rmdir "$LIBDIR" 2>/dev/null || true
     rm -rf "$STATE"
     say "removed the agent, its service and its state ($STATE)"
@@ -337,6 +361,11 @@ if [ -n "$REGISTRIES$CPUS$MEMORY$DISK" ]; then
 fi
 
 SERVICE=$(pick_mode)
+uninstaller_script "$SERVICE" >"$UNINSTALLER.new"
+chmod 0700 "$UNINSTALLER.new"
+mv -f "$UNINSTALLER.new" "$UNINSTALLER"
+printf '%s\n' "$UNINSTALLER" >"$STATE/installed-by"
+chmod 0600 "$STATE/installed-by"
 case $SERVICE in
     systemd)
         mkdir -p "$(dirname "$UNIT")"

@@ -108,6 +108,7 @@ pub async fn publish(
             archive: None,
             agent_binaries: Default::default(),
             yanked: None,
+            secrets: Vec::new(),
         });
     record.agent_binaries.insert(
         triple.to_owned(),

@@ -7,6 +7,7 @@
 //!   server.crt  server.key    the QUIC/HTTPS server certificate (reissued when names change)
 //!   server-cert.json          which names the server certificate covers, and until when
 //!   director.key              Ed25519 key that signs each site's desired state
+//!   secrets.key               age key that seals every secret at rest
 //!   client.toml               server URL, CA and the first admin's credential, for the CLI
 //!   state/                    sled: sites, tokens, operators, audit log
 //! ```

@@ -28,6 +28,9 @@ pub enum DesiredError {
     /// Signing failed.
     #[error(transparent)]
     Tuf(#[from] TufError),
+    /// A secret could not be sealed for the site.
+    #[error("{0}")]
+    Secret(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,15 +67,15 @@ pub async fn assign(
             if let Some(refusal) = release.refusal() {
                 return Err(DesiredError::Refused(refusal));
             }
+            // Its secrets must exist and reach this site.
+            let unfit = crate::rollout::secret::unfit(cp, &release.secrets, &[record])
+                .map_err(|e| DesiredError::Refused(e.to_string()))?;
+            if let Some(why) = unfit.into_values().next() {
+                return Err(DesiredError::Refused(format!("site {site:?} is {why}")));
+            }
         }
     }
-    let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
-        site: site.to_owned(),
-        generation: 0,
-        releases: BTreeMap::new(),
-        updated_at: String::new(),
-        updated_by: String::new(),
-    });
+    let mut desired = get(cp, site)?.unwrap_or_else(|| blank(site));
     desired.releases.insert(
         service.to_owned(),
         DesiredRelease {
@@ -83,20 +86,81 @@ pub async fn assign(
     apply(cp, desired, actor).await
 }
 
+/// Signs `site`'s desired state again as a new generation, unchanged (its secrets are
+/// sealed afresh: the site's key changed).
+pub async fn refresh(cp: &ControlPlane, site: &str, actor: &str) -> Result<(), DesiredError> {
+    let lock = site_lock(site);
+    let _one = lock.lock().await;
+    match get(cp, site)? {
+        Some(desired) => apply(cp, desired, actor).await.map(drop),
+        None => Ok(()),
+    }
+}
+
+fn blank(site: &str) -> DesiredRecord {
+    DesiredRecord {
+        site: site.to_owned(),
+        generation: 0,
+        releases: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        updated_at: String::new(),
+        updated_by: String::new(),
+    }
+}
+
+/// One change to one site's desired state, as rollouts make them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// The release of a service it should run (`None`: the service is taken off).
+    Release {
+        /// The service.
+        service: String,
+        /// The release, if any.
+        version: Option<String>,
+    },
+    /// The version of a secret it should be given (a rollout of a changed secret).
+    Secret {
+        /// The secret's name.
+        name: String,
+        /// The version.
+        version: u64,
+    },
+}
+
 /// How many sites are signed at once.
 const PARALLEL_SIGNING: usize = 8;
 
 /// Sets the release of `service` that each site should run, as a rollout does (`None`
-/// takes the service off the site); returns one result per change, in order. A site
-/// that already has what it is given spends no generation.
-///
-/// The changes are one batch: every site's metadata is signed side by side without
-/// waiting for the disk, one sync of the file system makes all of it durable, the
-/// records are stored with one flush, and only then are the sites told.
+/// takes the service off the site); returns one result per change, in order. See
+/// [`change`].
 pub async fn set_releases(
     cp: &ControlPlane,
     service: &str,
     changes: &[(String, Option<String>)],
+    actor: &str,
+) -> Vec<Result<(), DesiredError>> {
+    let changes: Vec<(String, Change)> = changes
+        .iter()
+        .map(|(site, version)| {
+            let change = Change::Release {
+                service: service.to_owned(),
+                version: version.clone(),
+            };
+            (site.clone(), change)
+        })
+        .collect();
+    change(cp, &changes, actor).await
+}
+
+/// Makes one change to each site named; returns one result per change, in order. A
+/// site that already has what it is given spends no generation.
+///
+/// The changes are one batch: every site's metadata is signed side by side without
+/// waiting for the disk, one sync of the file system makes all of it durable, the
+/// records are stored with one flush, and only then are the sites told.
+pub async fn change(
+    cp: &ControlPlane,
+    changes: &[(String, Change)],
     actor: &str,
 ) -> Vec<Result<(), DesiredError>> {
     use futures_util::StreamExt;
@@ -134,20 +198,21 @@ pub async fn set_releases(
     // A yanked release is never given to a site again, not even as the release a
     // failed or rolled-back site goes back to.
     let mut refused = HashMap::new();
-    for version in changes.iter().filter_map(|(_, v)| v.as_deref()) {
-        if let Ok(Some(release)) = releases::get(cp, service, version)
+    for change in changes.iter().map(|(_, c)| c) {
+        if let Change::Release {
+            service,
+            version: Some(version),
+        } = change
+            && !refused.contains_key(change)
+            && let Ok(Some(release)) = releases::get(cp, service, version)
             && let Some(refusal) = release.refusal()
         {
-            refused.insert(version.to_owned(), refusal);
+            refused.insert(change.clone(), refusal);
         }
     }
     let signing: Vec<_> = changes
         .iter()
-        .map(|(site, version)| {
-            let version = version.as_deref();
-            let refusal = version.and_then(|v| refused.get(v));
-            changed(cp, &image, site, service, version, refusal, actor)
-        })
+        .map(|(site, change)| changed(cp, &image, site, change, refused.get(change), actor))
         .collect();
     let signed: Vec<Result<Option<DesiredRecord>, DesiredError>> =
         futures_util::stream::iter(signing)
@@ -176,43 +241,46 @@ pub async fn set_releases(
         .collect()
 }
 
-/// Signs `site`'s next generation with `service` at `version`, without waiting for the
-/// disk; `None` when the site already has that.
+/// Signs `site`'s next generation with `change` made, without waiting for the disk;
+/// `None` when the site already has that.
 async fn changed(
     cp: &ControlPlane,
     image: &Signed<Targets>,
     site: &str,
-    service: &str,
-    version: Option<&str>,
+    change: &Change,
     refusal: Option<&String>,
     actor: &str,
 ) -> Result<Option<DesiredRecord>, DesiredError> {
     if let Some(refusal) = refusal {
         return Err(DesiredError::Refused(refusal.clone()));
     }
-    let mut desired = get(cp, site)?.unwrap_or_else(|| DesiredRecord {
-        site: site.to_owned(),
-        generation: 0,
-        releases: BTreeMap::new(),
-        updated_at: String::new(),
-        updated_by: String::new(),
-    });
-    let current = desired.releases.get(service).map(|r| r.version.as_str());
-    if current == version {
-        return Ok(None);
-    }
-    match version {
-        Some(version) => {
-            desired.releases.insert(
-                service.to_owned(),
-                DesiredRelease {
-                    version: version.to_owned(),
-                    pinned: false,
-                },
-            );
+    let mut desired = get(cp, site)?.unwrap_or_else(|| blank(site));
+    match change {
+        Change::Release { service, version } => {
+            let current = desired.releases.get(service).map(|r| r.version.as_str());
+            if current == version.as_deref() {
+                return Ok(None);
+            }
+            match version {
+                Some(version) => {
+                    desired.releases.insert(
+                        service.clone(),
+                        DesiredRelease {
+                            version: version.clone(),
+                            pinned: false,
+                        },
+                    );
+                }
+                None => {
+                    desired.releases.remove(service);
+                }
+            }
         }
-        None => {
-            desired.releases.remove(service);
+        Change::Secret { name, version } => {
+            if desired.secrets.get(name) == Some(version) {
+                return Ok(None);
+            }
+            desired.secrets.insert(name.clone(), *version);
         }
     }
     sign(cp, image, &mut desired, actor, false).await?;
@@ -277,6 +345,7 @@ async fn sign(
     desired.updated_at = rfc3339(continuum_shared::unix_now());
     desired.updated_by = actor.to_owned();
     let mut entries = Vec::new();
+    let mut secret_names = std::collections::BTreeSet::new();
     for (service, release) in &desired.releases {
         let name = if service == continuum_shared::manifest::AGENT_SERVICE {
             agent_binary_name(cp, &desired.site, &release.version)?
@@ -285,6 +354,9 @@ async fn sign(
         };
         let target = crate::tuf::image::target_in(image, &name)?
             .ok_or_else(|| DesiredError::NoRelease(format!("{service} {}", release.version)))?;
+        if let Some(record) = releases::get(cp, service, &release.version)? {
+            secret_names.extend(record.secrets);
+        }
         entries.push(Entry {
             name,
             target,
@@ -292,8 +364,25 @@ async fn sign(
             version: release.version.clone(),
         });
     }
+    // Secrets the releases no longer use lose their pins.
+    let pins = std::mem::take(&mut desired.secrets);
+    let mut sealed = continuum_shared::secrets::SealedSecrets::new();
+    if !secret_names.is_empty()
+        && let Some(site) = sites::get(cp, &desired.site)?
+    {
+        let (for_site, used) = crate::secrets::seal_for(cp, &site, &secret_names, &pins)
+            .map_err(|e| DesiredError::Secret(e.to_string()))?;
+        sealed = for_site;
+        desired.secrets = used;
+    }
     cp.director
-        .set(&desired.site, desired.generation, &entries, durable)
+        .set(
+            &desired.site,
+            desired.generation,
+            &entries,
+            &sealed,
+            durable,
+        )
         .await?;
     Ok(())
 }

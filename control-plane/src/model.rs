@@ -59,6 +59,31 @@ pub struct SiteRecord {
     /// The site admin's update lock, if held: rollouts wait for this site.
     #[serde(default)]
     pub lock: Option<SiteLock>,
+    /// The public half of the site's secrets key (`age1…`), as the site announced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_recipient: Option<String>,
+    /// A decommission ordered for the site, and its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decommission: Option<Decommission>,
+}
+
+/// A decommission ordered for a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Decommission {
+    /// Keep the services' named volumes and images at the site.
+    pub keep_data: bool,
+    /// When it was ordered (RFC 3339).
+    pub ordered_at: String,
+    /// Who ordered it.
+    pub ordered_by: String,
+    /// The site is revoked without its word after this (Unix seconds).
+    pub deadline: i64,
+    /// When the site reported it carried out (RFC 3339).
+    #[serde(default)]
+    pub done_at: Option<String>,
+    /// What the site reported it removed.
+    #[serde(default)]
+    pub report: Option<String>,
 }
 
 /// An update lock held at a site.
@@ -245,6 +270,9 @@ pub struct ReleaseRecord {
     /// Set once the release is yanked: no rollout or assignment may name it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub yanked: Option<Yank>,
+    /// The secrets it needs (files and registry login), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Why and when a release was withdrawn.
@@ -299,6 +327,10 @@ pub struct DesiredRecord {
     pub generation: u64,
     /// Service name to release.
     pub releases: std::collections::BTreeMap<String, DesiredRelease>,
+    /// The version of each secret its releases use that the site was last given:
+    /// versions move only by a rollout of a changed secret.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, u64>,
     /// When it last changed (RFC 3339).
     pub updated_at: String,
     /// Who changed it.

@@ -50,6 +50,8 @@ pub struct ControlPlane {
     pub policies: Arc<crate::policy::set::Policies>,
     /// Telemetry from the fleet.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The key that seals secrets at rest.
+    pub vault: crate::secrets::Vault,
 }
 
 /// A Unix timestamp as RFC 3339 (UTC), the time format of the API and CLI.

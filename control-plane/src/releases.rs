@@ -68,6 +68,7 @@ pub async fn publish(
     {
         return Ok(existing);
     }
+    let secrets = release.secret_names().map(str::to_owned).collect();
     let record = ReleaseRecord {
         service: release.service,
         version: release.version,
@@ -85,6 +86,7 @@ pub async fn publish(
         archive,
         agent_binaries: Default::default(),
         yanked: None,
+        secrets,
     };
     cp.store.put_json(Tree::Releases, key.as_bytes(), &record)?;
     cp.store.flush()?;

@@ -183,6 +183,11 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut created = keys.created.clone();
     created.extend(image_created);
     created.extend(director_created);
+    let (vault, vault_created) =
+        crate::secrets::Vault::open(&dir).map_err(|e| anyhow::anyhow!("the secrets key: {e}"))?;
+    if vault_created {
+        created.push("secrets key");
+    }
     let policies_dir = args
         .policies
         .clone()
@@ -228,6 +233,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         })?;
     let cp = Arc::new(ControlPlane {
         telemetry: Arc::new(telemetry),
+        vault,
         store,
         image,
         director,
@@ -253,6 +259,7 @@ pub async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     crate::rollout::controller::spawn(cp.clone());
+    crate::decommission::spawn(cp.clone());
     println!("Continuum control plane {}", env!("CARGO_PKG_VERSION"));
     println!("  data directory:  {}", dir.root().display());
     println!(

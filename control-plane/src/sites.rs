@@ -76,6 +76,8 @@ pub fn join(cp: &ControlPlane, request: &JoinRequest) -> Result<IssuedCertificat
         trust: None,
         services: Default::default(),
         lock: None,
+        secrets_recipient: None,
+        decommission: None,
     };
 
     // Claim the name atomically. A retry by the same site (same key, same token, e.g.
@@ -427,6 +429,26 @@ pub fn record_lock(cp: &ControlPlane, site: &str, reason: Option<&str>) {
     if let Err(e) = result {
         tracing::warn!(site, error = %e, "could not record the site's lock");
     }
+}
+
+/// Records the secrets key a site announced; returns whether it differs from the one
+/// on record.
+pub fn record_secrets_key(
+    cp: &ControlPlane,
+    site: &str,
+    recipient: &str,
+) -> Result<bool, StoreError> {
+    let mut changed = false;
+    cp.store.update(Tree::Sites, site.as_bytes(), &mut |old| {
+        let mut record: SiteRecord = decode(Tree::Sites, b"", old?).ok()?;
+        changed = record.secrets_recipient.as_deref() != Some(recipient);
+        record.secrets_recipient = Some(recipient.to_owned());
+        encode(&record).ok()
+    })?;
+    if changed {
+        cp.store.flush()?;
+    }
+    Ok(changed)
 }
 
 /// Every site, by name.

@@ -60,13 +60,18 @@ pub struct SiteView {
     /// An agent version that failed its trial at this site and why (it is not tried
     /// again there).
     pub agent_failed: Option<String>,
+    /// A decommission ordered for the site, and what the site reported it removed.
+    pub decommission: Option<crate::model::Decommission>,
 }
 
 impl SiteView {
     /// Combines the stored record with the live session, if any.
     pub fn new(record: &SiteRecord, live: Option<&LiveView>) -> Self {
+        let decommission = record.decommission.as_ref();
         let status = match (record.revoked_at, live) {
+            (Some(_), _) if decommission.is_some_and(|d| d.done_at.is_some()) => "decommissioned",
             (Some(_), _) => "revoked",
+            (None, _) if decommission.is_some() => "decommissioning",
             (None, Some(_)) => "online",
             (None, None) => "offline",
         };
@@ -91,6 +96,7 @@ impl SiteView {
             trust: record.trust.clone(),
             services: record.services.clone(),
             lock: record.lock.clone(),
+            decommission: record.decommission.clone(),
             agent_failed: record
                 .services
                 .get(continuum_shared::manifest::AGENT_SERVICE)

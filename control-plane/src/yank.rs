@@ -234,6 +234,7 @@ mod tests {
                 by: "bob".into(),
                 at: at.into(),
             }),
+            secrets: Vec::new(),
         }
     }
 

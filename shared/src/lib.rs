@@ -12,6 +12,7 @@
 //! - [`framing`]: the stream preamble and length-prefixed frames (the only user of bincode).
 //! - [`labels`]: site labels, whose numeric facts stay numbers on the wire and in JSON.
 //! - [`manifest`]: release manifests (TOML), checked with file, line and field.
+//! - [`secrets`]: secret values sealed with age to one site's own key.
 //! - [`token`]: join tokens (`ctj1.…`), which pin the control plane's CA on first contact.
 //! - [`names`]: the rules for site and operator names.
 //! - [`tls`]: the rustls crypto provider, the CA-pinning verifier used at join, QUIC configs.
@@ -30,6 +31,7 @@ pub mod link;
 pub mod manifest;
 pub mod names;
 pub mod protocol;
+pub mod secrets;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

@@ -366,12 +366,22 @@ impl FrameReader {
     /// is safe to use in `select!`. The channel yields the end of the stream as `Ok(None)`
     /// and closes after it or after the first error.
     pub fn spawn<T: DeserializeOwned + Send + 'static>(
-        mut self,
+        self,
     ) -> tokio::sync::mpsc::Receiver<Result<Option<T>, LinkError>> {
+        self.spawn_as::<T, T>()
+    }
+
+    /// Like [`spawn`](Self::spawn), for a peer speaking an older shape `W` of the
+    /// messages: each is read as `W` and handed over as `T`.
+    pub fn spawn_as<W, T>(mut self) -> tokio::sync::mpsc::Receiver<Result<Option<T>, LinkError>>
+    where
+        W: DeserializeOwned + Into<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             loop {
-                let item = self.recv::<T>().await;
+                let item = self.recv::<W>().await.map(|m| m.map(Into::into));
                 let last = !matches!(item, Ok(Some(_)));
                 if tx.send(item).await.is_err() || last {
                     return;

@@ -19,7 +19,7 @@ use crate::labels::Labels;
 pub const ALPN: &[u8] = b"continuum/1";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest version the control plane still serves (at least one behind the current
 /// one), so upgrading the control plane never strands a site.
@@ -246,6 +246,68 @@ pub struct Hello {
     pub started_at: i64,
 }
 
+/// Message shapes of protocol versions 1 to 3, still served.
+pub mod v3 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{HealthState, Heartbeat, ServicePhase, TrustStatus};
+
+    /// Versions 1 to 3's agent messages: no secrets key, and service reports without
+    /// secret versions.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub enum AgentMessage {
+        /// The agent is alive.
+        Heartbeat(Heartbeat),
+        /// What the agent made of its desired state.
+        Trust(TrustStatus),
+        /// The state of one service.
+        Service(ServiceReport),
+        /// The site admin's update lock.
+        Lock(Option<String>),
+    }
+
+    /// Versions 1 to 3's service report.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(missing_docs)]
+    pub struct ServiceReport {
+        pub service: String,
+        pub desired: Option<String>,
+        pub running: Option<String>,
+        pub last_known_good: Option<String>,
+        pub phase: ServicePhase,
+        pub health: HealthState,
+        pub restarts: u32,
+        pub last_error: Option<String>,
+        pub failed: Option<String>,
+        pub failure: Option<String>,
+        pub at: i64,
+    }
+
+    impl From<AgentMessage> for super::AgentMessage {
+        fn from(old: AgentMessage) -> Self {
+            match old {
+                AgentMessage::Heartbeat(beat) => super::AgentMessage::Heartbeat(beat),
+                AgentMessage::Trust(status) => super::AgentMessage::Trust(status),
+                AgentMessage::Lock(lock) => super::AgentMessage::Lock(lock),
+                AgentMessage::Service(r) => super::AgentMessage::Service(super::ServiceReport {
+                    service: r.service,
+                    desired: r.desired,
+                    running: r.running,
+                    last_known_good: r.last_known_good,
+                    phase: r.phase,
+                    health: r.health,
+                    restarts: r.restarts,
+                    last_error: r.last_error,
+                    failed: r.failed,
+                    failure: r.failure,
+                    at: r.at,
+                    secrets: Default::default(),
+                }),
+            }
+        }
+    }
+}
+
 /// Message shapes of protocol version 1, still served.
 pub mod v1 {
     use std::collections::BTreeMap;
@@ -292,6 +354,14 @@ pub enum ServerMessage {
         /// The director targets version for this site.
         generation: u64,
     },
+    /// The central team decommissions this site: remove everything of ours (the
+    /// services' volumes and images too, unless `keep_data`), report it with
+    /// [`AgentMessage::Decommissioned`], then wipe the state and uninstall. Sent after
+    /// the welcome and on every notice while the order stands (version 4 on).
+    Decommission {
+        /// Keep the services' named volumes and images.
+        keep_data: bool,
+    },
 }
 
 /// Acceptance of a session, with the parameters the agent should use.
@@ -319,6 +389,13 @@ pub enum AgentMessage {
     /// The site admin's update lock (`continuum-agent lock`): why updates wait, or
     /// `None` when released. Sent at the start of a session and when it changes.
     Lock(Option<String>),
+    /// The public half of the site's secrets key (an age recipient, `age1…`): what the
+    /// control plane seals this site's secrets to. Sent at the start of every session
+    /// from protocol version 4 on.
+    SecretsKey(String),
+    /// The decommission is carried out: what was removed. The control plane revokes the
+    /// site next.
+    Decommissioned(String),
 }
 
 /// The longest reason a site lock carries.
@@ -365,6 +442,12 @@ pub struct ServiceReport {
     pub failure: Option<String>,
     /// When this report was made, Unix seconds.
     pub at: i64,
+    /// The versions of the secrets the desired release mounts, as the desired state
+    /// the report speaks of sealed them (from protocol version 4 on), so a rollout of a
+    /// changed secret knows which report is about the new value. (Never skipped when
+    /// empty: bincode frames have no field names.)
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, u64>,
 }
 
 /// Where a service stands at a site.
@@ -522,6 +605,59 @@ pub struct Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(secrets: &[(&str, u64)]) -> ServiceReport {
+        ServiceReport {
+            service: "web".into(),
+            desired: Some("2".into()),
+            running: Some("1".into()),
+            last_known_good: Some("1".into()),
+            phase: ServicePhase::Trial,
+            health: HealthState::Starting,
+            restarts: 0,
+            last_error: None,
+            failed: None,
+            failure: None,
+            at: 7,
+            secrets: secrets.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn service_reports_cross_the_wire_with_and_without_secrets() {
+        use crate::framing::{decode_payload, encode_value};
+        for original in [report(&[]), report(&[("db", 3)])] {
+            let message = AgentMessage::Service(original.clone());
+            let bytes = encode_value(&message).unwrap();
+            let back: AgentMessage = decode_payload(&bytes, 1 << 20).unwrap();
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
+    fn a_version_3_agent_message_reads_as_the_current_one() {
+        use crate::framing::{decode_payload, encode_value};
+        let current = report(&[]);
+        let old = v3::AgentMessage::Service(v3::ServiceReport {
+            service: current.service.clone(),
+            desired: current.desired.clone(),
+            running: current.running.clone(),
+            last_known_good: current.last_known_good.clone(),
+            phase: current.phase,
+            health: current.health,
+            restarts: current.restarts,
+            last_error: None,
+            failed: None,
+            failure: None,
+            at: current.at,
+        });
+        let bytes = encode_value(&old).unwrap();
+        let read: v3::AgentMessage = decode_payload(&bytes, 1 << 20).unwrap();
+        assert_eq!(AgentMessage::from(read), AgentMessage::Service(current));
+        // A current report is not a version-3 one: the versions really differ.
+        let new = encode_value(&AgentMessage::Service(report(&[("db", 1)]))).unwrap();
+        assert!(decode_payload::<v3::AgentMessage>(&new, 1 << 20).is_err());
+    }
 
     #[test]
     fn names_are_what_json_shows() {

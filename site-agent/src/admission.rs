@@ -358,6 +358,7 @@ mod tests {
             sha256: "0".repeat(64),
             release: manifest::parse("t.toml", &text, ImageSource::Registry).unwrap(),
             archive: None,
+            secrets: Default::default(),
         }
     }
 

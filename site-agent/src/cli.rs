@@ -85,6 +85,11 @@ pub enum Command {
         /// it the oldest samples are dropped first, then the oldest events (e.g. 16MiB).
         #[arg(long, default_value = "16MiB", value_parser = parse_outbox_size)]
         outbox_size: u64,
+        /// Where opened secrets wait, as read-only files, for the containers that mount
+        /// them; it must be on a tmpfs. Default: a directory of this state directory's
+        /// own under /run when that is a tmpfs, else under /dev/shm.
+        #[arg(long, env = "CONTINUUM_AGENT_SECRETS_DIR")]
+        secrets_dir: Option<PathBuf>,
     },
     /// Run the agent the way services do: start it, start it again when it exits, and
     /// take back a new agent binary that does not prove itself within its trial.
@@ -166,6 +171,7 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
             metrics_interval,
             outbox_size,
             join_token_file,
+            secrets_dir,
         } => {
             if let Some(file) = join_token_file
                 && !crate::identity::Identity::exists(&state_dir)
@@ -187,6 +193,8 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                 crate::run::Services::Engine(crate::deploy::Settings {
                     engine,
                     interval: reconcile_interval.max(Duration::from_millis(100)),
+                    secrets_dir: secrets_dir
+                        .unwrap_or_else(|| crate::secrets::default_dir(&state_dir)),
                 })
             };
             let options = RunOptions {
@@ -199,10 +207,19 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                     outbox_limit: outbox_size,
                 },
             };
+            let state_dir = options.state_dir.clone();
             match crate::run::run(options, shutdown_signal()).await {
                 Ok(()) => Ok(0),
                 Err(AgentError::Revoked(reason)) => {
-                    eprintln!("error: this site was revoked by the central team: {reason}");
+                    let decommissioned = crate::decommission::pending(&state_dir)
+                        .is_some_and(|order| order.report.is_some());
+                    if decommissioned {
+                        let wiped = crate::decommission::wipe(&state_dir)?;
+                        tracing::warn!(%wiped, "this site is decommissioned");
+                        eprintln!("this site is decommissioned: {wiped}");
+                    } else {
+                        eprintln!("error: this site was revoked by the central team: {reason}");
+                    }
                     Ok(EXIT_REVOKED)
                 }
                 Err(AgentError::Restart) => Ok(crate::upgrade::launch::RESTART_STATUS as u8),

@@ -44,6 +44,10 @@ pub enum AgentError {
     /// A new agent binary is in place: the process ends so the launcher starts it.
     #[error("restarting into the new agent binary")]
     Restart,
+    /// The central team ordered this site decommissioned; the order is recorded and the
+    /// run carries it out.
+    #[error("this site is being decommissioned")]
+    Decommission,
     /// The link broke mid-exchange.
     #[error(transparent)]
     Link(#[from] LinkError),

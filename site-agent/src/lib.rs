@@ -27,6 +27,7 @@
 pub mod admission;
 pub mod cli;
 pub mod connect;
+pub mod decommission;
 pub mod deploy;
 pub mod engine;
 pub mod error;
@@ -38,6 +39,7 @@ pub mod logs;
 pub mod paths;
 pub mod renew;
 pub mod run;
+pub mod secrets;
 pub mod session;
 pub mod status;
 pub mod telemetry;

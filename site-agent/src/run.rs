@@ -67,8 +67,10 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut status = StatusFile::new(&options.state_dir);
     let identity = Identity::require(&options.state_dir)?;
+    let site = identity.site.clone();
     let (slot, links) = tokio::sync::watch::channel(None);
     let in_force = DesiredState::load(&options.state_dir).unwrap_or_else(|e| {
         warn!(error = %e, "the desired state in force is unreadable; deploying nothing until a new one verifies");
@@ -82,6 +84,8 @@ pub async fn run(
         warn!(error = %e, "cannot watch the site policy file; changes apply at the next start");
     }
     let telemetry = Telemetry::open(&options.state_dir, &options.telemetry)?;
+    let secrets_key = crate::secrets::load_or_create(&options.state_dir)?;
+    let secrets_recipient = secrets_key.recipient();
     let started_at = unix_now();
     telemetry.event(
         EventKind::AgentStarted,
@@ -107,7 +111,17 @@ pub async fn run(
             },
         )),
     ];
-    let reconciler = match options.services.clone() {
+    // A site being decommissioned runs nothing: it removes what is ours, reports it and
+    // waits to be revoked.
+    let decommissioned = match crate::decommission::pending(&options.state_dir) {
+        Some(order) => Some(carry_out(&options, &identity.site, order).await?),
+        None => None,
+    };
+    let services = match decommissioned {
+        Some(_) => Services::None,
+        None => options.services.clone(),
+    };
+    let reconciler = match services {
         Services::Engine(settings) => {
             let reconciler = Reconciler::new(
                 identity.site.clone(),
@@ -119,6 +133,7 @@ pub async fn run(
                     reports: reports_tx,
                     policy,
                     telemetry: telemetry.clone(),
+                    secrets_key,
                 },
             )?;
             Some(tokio::spawn(reconciler.run()))
@@ -130,17 +145,19 @@ pub async fn run(
     let restart = std::sync::Arc::new(tokio::sync::Notify::new());
     let binary = std::env::current_exe()
         .map_err(|e| AgentError::State(format!("cannot tell where this binary is: {e}")))?;
-    let updater = tokio::spawn(
-        crate::upgrade::updater::Updater {
-            upgrade: crate::upgrade::state::UpgradeDir::new(&options.state_dir),
-            link: slot.subscribe(),
-            desired: desired.subscribe(),
-            report: agent_report_tx,
-            restart: restart.clone(),
-            binary,
-        }
-        .run(),
-    );
+    let updater = decommissioned.is_none().then(|| {
+        tokio::spawn(
+            crate::upgrade::updater::Updater {
+                upgrade: crate::upgrade::state::UpgradeDir::new(&options.state_dir),
+                link: slot.subscribe(),
+                desired: desired.subscribe(),
+                report: agent_report_tx,
+                restart: restart.clone(),
+                binary,
+            }
+            .run(),
+        )
+    });
     let channels = Channels {
         slot,
         desired,
@@ -150,13 +167,44 @@ pub async fn run(
         telemetry: telemetry.clone(),
         engine,
         started_at,
+        secrets_recipient,
+        decommissioned,
     };
-    let result = tokio::select! {
+    let mut channels = channels;
+    let (mut updater, mut reconciler) = (updater, reconciler);
+    let mut result = tokio::select! {
         result = connect_loop(&options, identity, &channels, &mut status) => result,
         _ = restart.notified() => Err(AgentError::Restart),
-        _ = shutdown => Ok(()),
+        _ = &mut shutdown => Ok(()),
     };
-    updater.abort();
+    if matches!(result, Err(AgentError::Decommission)) {
+        // Ordered during this run: nothing may deploy or update any more, then the
+        // order is carried out and reported over a new session.
+        for task in [updater.take(), reconciler.take()].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
+        }
+        let order = crate::decommission::pending(&options.state_dir).unwrap_or(
+            crate::decommission::Order {
+                keep_data: true,
+                report: None,
+            },
+        );
+        result = match carry_out(&options, &site, order).await {
+            Ok(report) => {
+                channels.decommissioned = Some(report);
+                let identity = Identity::require(&options.state_dir)?;
+                tokio::select! {
+                    result = connect_loop(&options, identity, &channels, &mut status) => result,
+                    _ = &mut shutdown => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+    }
+    if let Some(updater) = updater {
+        updater.abort();
+    }
     if let Some(reconciler) = reconciler {
         reconciler.abort();
     }
@@ -228,6 +276,41 @@ struct Channels {
     engine: Option<String>,
     /// When the agent started, Unix seconds.
     started_at: i64,
+    /// The public half of the site's secrets key.
+    secrets_recipient: String,
+    /// In decommission mode: what was removed, to report.
+    decommissioned: Option<String>,
+}
+
+/// Carries out the removal part of a decommission order (once: the report is kept with
+/// the order) and returns the report.
+async fn carry_out(
+    options: &RunOptions,
+    site: &str,
+    order: crate::decommission::Order,
+) -> Result<String, AgentError> {
+    if let Some(report) = order.report {
+        return Ok(report);
+    }
+    warn!(
+        keep_data = order.keep_data,
+        "decommissioning this site as the central team ordered"
+    );
+    let (engine, secrets_dir) = match &options.services {
+        Services::Engine(settings) => {
+            (Some(settings.engine.as_str()), settings.secrets_dir.clone())
+        }
+        _ => (None, crate::secrets::default_dir(&options.state_dir)),
+    };
+    let report = crate::decommission::clean(engine, site, order.keep_data, &secrets_dir).await;
+    crate::decommission::save(
+        &options.state_dir,
+        &crate::decommission::Order {
+            keep_data: order.keep_data,
+            report: Some(report.clone()),
+        },
+    )?;
+    Ok(report)
 }
 
 /// The update lock as it is now, kept current as the site admin takes or releases it.
@@ -288,6 +371,7 @@ async fn connect_loop(
                 warn!(%reason, "this site was revoked; stopping");
                 return Err(AgentError::Revoked(reason));
             }
+            Attempt::Decommission => return Err(AgentError::Decommission),
             Attempt::Ended { reason, welcomed } => {
                 if welcomed {
                     backoff.reset();
@@ -305,6 +389,7 @@ async fn connect_loop(
 enum Attempt {
     Ended { reason: String, welcomed: bool },
     Revoked(String),
+    Decommission,
 }
 
 async fn attempt(
@@ -367,6 +452,8 @@ async fn attempt(
         lock: channels.lock.clone(),
         telemetry: channels.telemetry.clone(),
         engine: channels.engine.clone(),
+        secrets_recipient: &channels.secrets_recipient,
+        decommissioned: channels.decommissioned.as_deref(),
     };
     let end = session::run(&connection.link, &connection.address, ctx).await;
     slot.send_replace(None);
@@ -376,5 +463,6 @@ async fn attempt(
     match end {
         SessionEnd::Revoked(reason) => Attempt::Revoked(reason),
         SessionEnd::Lost { reason, welcomed } => Attempt::Ended { reason, welcomed },
+        SessionEnd::Decommission => Attempt::Decommission,
     }
 }

@@ -45,6 +45,8 @@ pub enum SessionEnd {
     },
     /// The site was revoked: stop.
     Revoked(String),
+    /// The central team ordered the site decommissioned; the order is recorded.
+    Decommission,
 }
 
 /// What a session needs.
@@ -75,6 +77,10 @@ pub struct SessionContext<'a> {
     pub telemetry: Telemetry,
     /// The container engine, for logs the control plane asks for.
     pub engine: Option<String>,
+    /// The public half of the site's secrets key, announced to the control plane.
+    pub secrets_recipient: &'a str,
+    /// In decommission mode, what was removed: reported at the start of the session.
+    pub decommissioned: Option<&'a str>,
 }
 
 /// Runs a session on `link` until it ends.
@@ -155,6 +161,7 @@ async fn serve(
         retry_at: None,
         sent: Reports::new(),
         upgrade,
+        protocol: welcome.protocol_version,
     };
     match session.run(messages, interval).await {
         Err(AgentError::Revoked(reason)) => Ok(SessionEnd::Revoked(reason)),
@@ -219,6 +226,8 @@ struct Session<'a, 'b> {
     sent: Reports,
     /// Where a trial of this build is recorded.
     upgrade: crate::upgrade::state::UpgradeDir,
+    /// The protocol version of the session.
+    protocol: u16,
 }
 
 impl Session<'_, '_> {
@@ -230,6 +239,20 @@ impl Session<'_, '_> {
         let mut seq = 0u64;
         let mut next_beat = Instant::now() + interval;
         let mut renew_at = renewal_deadline(self.ctx.identity);
+        if let Some(report) = self.ctx.decommissioned {
+            info!(%report, "reporting the decommission carried out");
+            self.writer
+                .send(&AgentMessage::Decommissioned(report.to_owned()))
+                .await
+                .map_err(|e| closed_or(self.link, e))?;
+        }
+        if self.protocol >= 4 {
+            let recipient = self.ctx.secrets_recipient.to_owned();
+            self.writer
+                .send(&AgentMessage::SecretsKey(recipient))
+                .await
+                .map_err(|e| closed_or(self.link, e))?;
+        }
         self.send_reports().await?;
         self.send_lock().await?;
         // A build on trial proves itself by verifying the desired state afresh.
@@ -272,6 +295,15 @@ impl Session<'_, '_> {
                     }
                     Some(Ok(Some(ServerMessage::Refused(refusal)))) if refusal.code == RefusalCode::Revoked => {
                         return Err(AgentError::Revoked(refusal.message));
+                    }
+                    Some(Ok(Some(ServerMessage::Decommission { keep_data }))) => {
+                        // Told again while carrying it out: the report is on its way.
+                        if self.ctx.decommissioned.is_none() {
+                            let order = crate::decommission::Order { keep_data, report: None };
+                            crate::decommission::save(self.ctx.state_dir, &order)?;
+                            warn!(keep_data, "the central team ordered this site decommissioned");
+                            return Ok(SessionEnd::Decommission);
+                        }
                     }
                     Some(Ok(Some(other))) => warn!(message = ?other, "unexpected message from the control plane; ignored"),
                     Some(Ok(None)) | None => {

@@ -110,6 +110,19 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// `continuum-agent run` on the real Docker engine, reconciling every second, with
+    /// its opened secrets under `secrets_dir` (a tmpfs).
+    pub fn start_on_docker(&mut self, secrets_dir: &Path) {
+        self.start_with(&[
+            "--engine",
+            crate::docker::ENGINE,
+            "--reconcile-interval",
+            "1s",
+            "--secrets-dir",
+            &secrets_dir.to_string_lossy(),
+        ]);
+    }
+
     /// Kills the agent with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

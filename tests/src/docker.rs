@@ -295,6 +295,7 @@ impl Drop for SocketProxy {
 pub struct Registry {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    dir: PathBuf,
     child: std::process::Child,
 }
 
@@ -302,11 +303,35 @@ impl Registry {
     /// Starts a registry storing under `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Registry {
         let port = free_port();
+        let child = Self::spawn(dir, port, "");
+        Registry {
+            port,
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+
+    /// Starts it again on the same port and storage, now wanting `user` and `password`
+    /// (HTTP basic authentication, checked against a bcrypt htpasswd file).
+    pub fn require_login(&mut self, user: &str, password: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let htpasswd = self.dir.join("registry.htpasswd");
+        let hash = bcrypt::hash(password, 4).unwrap();
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+        let auth = format!(
+            "auth:\n  htpasswd:\n    realm: continuum-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        self.child = Self::spawn(&self.dir, self.port, &auth);
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &str) -> std::process::Child {
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.join("registry").display()
             ),
         )
@@ -326,7 +351,7 @@ impl Registry {
             "the registry to answer",
             || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
         );
-        Registry { port, child }
+        child
     }
 
     /// Pushes `image` here and removes it from the engine again; returns the reference

@@ -248,6 +248,7 @@ fn reporter(
                     failed: fails.then(|| version.clone()),
                     failure: fails.then(|| "simulated: the health check failed".to_owned()),
                     at: continuum_shared::unix_now(),
+                    secrets: release.secrets.clone(),
                 },
             );
         }
@@ -275,6 +276,7 @@ fn reporter(
                     failed: None,
                     failure: None,
                     at: continuum_shared::unix_now(),
+                    secrets: Default::default(),
                 },
             );
         }

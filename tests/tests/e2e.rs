@@ -5,6 +5,7 @@
 
 mod e2e {
     mod containers;
+    mod decommission;
     mod enroll;
     mod hostile;
     mod install;
@@ -14,7 +15,9 @@ mod e2e {
     mod protocol;
     mod removal;
     mod rollouts;
+    mod secrets;
     mod telemetry;
     mod trust;
     mod upgrade;
+    mod yank;
 }

@@ -27,6 +27,7 @@ fn verify(name: &str) -> (Result<DesiredState, TrustError>, serde_json::Value) {
         generation: 0,
         releases: vec![],
         agent: None,
+        secrets: Default::default(),
         verified_at: 1,
     };
     in_force.save(state.path()).unwrap();

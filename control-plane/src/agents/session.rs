@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use continuum_shared::link::{FrameWriter, FramedStream, Link, LinkError};
-use continuum_shared::protocol::{AgentMessage, CloseCode, Hello, ServerMessage, Welcome, v1};
+use continuum_shared::protocol::{AgentMessage, CloseCode, Hello, ServerMessage, Welcome, v1, v3};
 use continuum_shared::unix_now;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span};
@@ -80,9 +80,11 @@ async fn serve(cp: Arc<ControlPlane>, link: Link, site: SiteRecord, mut stream: 
             id,
             version,
         };
-        let ended = session
-            .run(&mut writer, reader.spawn(), notices, heartbeat)
-            .await;
+        let messages = match version {
+            1..=3 => reader.spawn_as::<v3::AgentMessage, AgentMessage>(),
+            _ => reader.spawn::<AgentMessage>(),
+        };
+        let ended = session.run(&mut writer, messages, notices, heartbeat).await;
         info!(reason = %ended, "site offline");
     }
     if let Some(view) = cp.fleet.detach(&site.name, id) {
@@ -111,11 +113,8 @@ impl Session<'_> {
         let notify = self.version >= 2;
         if notify {
             let generation = *notices.borrow_and_update();
-            if generation > 0
-                && writer
-                    .send(&ServerMessage::DesiredState { generation })
-                    .await
-                    .is_err()
+            if let Some(message) = self.notice(generation)
+                && writer.send(&message).await.is_err()
             {
                 return "the link broke while sending the desired state".into();
             }
@@ -128,7 +127,7 @@ impl Session<'_> {
                 message = messages.recv() => match message {
                     Some(Ok(Some(message))) => {
                         deadline = tokio::time::Instant::now() + silence;
-                        self.handle(message);
+                        self.handle(message).await;
                     }
                     Some(Ok(None)) | None => {
                         self.link.close(CloseCode::Normal, "session ended by the agent");
@@ -145,7 +144,9 @@ impl Session<'_> {
                         return "replaced by a newer session".into();
                     }
                     let generation = *notices.borrow_and_update();
-                    if writer.send(&ServerMessage::DesiredState { generation }).await.is_err() {
+                    if let Some(message) = self.notice(generation)
+                        && writer.send(&message).await.is_err()
+                    {
                         return "the link broke while sending a notice".into();
                     }
                 }
@@ -158,7 +159,20 @@ impl Session<'_> {
         }
     }
 
-    fn handle(&self, message: AgentMessage) {
+    /// What a notice tells the agent: a standing decommission order (from version 4
+    /// on), else its desired state's generation, if it has one.
+    fn notice(&self, generation: u64) -> Option<ServerMessage> {
+        if self.version >= 4
+            && let Some(order) = crate::decommission::pending(self.cp, self.site)
+        {
+            return Some(ServerMessage::Decommission {
+                keep_data: order.keep_data,
+            });
+        }
+        (generation > 0).then_some(ServerMessage::DesiredState { generation })
+    }
+
+    async fn handle(&self, message: AgentMessage) {
         match message {
             AgentMessage::Heartbeat(_) => self.cp.fleet.heartbeat(self.site, self.id, unix_now()),
             AgentMessage::Trust(status) => {
@@ -172,6 +186,12 @@ impl Session<'_> {
             AgentMessage::Service(report) => {
                 info!(service = %report.service, phase = ?report.phase, health = ?report.health, running = ?report.running, "site reported a service");
                 sites::record_service(self.cp, self.site, &report);
+            }
+            AgentMessage::SecretsKey(recipient) => {
+                crate::secrets::record_site_key(self.cp, self.site, &recipient).await;
+            }
+            AgentMessage::Decommissioned(report) => {
+                crate::decommission::done(self.cp, self.site, &report);
             }
         }
     }

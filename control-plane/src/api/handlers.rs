@@ -91,6 +91,41 @@ pub async fn revoke_site(
     Ok(Json(SiteView::new(&record, None)))
 }
 
+/// Orders a site decommissioned: its agent removes everything of ours, reports it and is
+/// revoked; an offline site does it when it returns, or is revoked after the deadline.
+#[utoipa::path(post, path = "/v1/sites/{name}/decommission", params(("name" = String, Path)),
+    request_body = crate::decommission::DecommissionRequest,
+    responses((status = 200, body = SiteView), (status = 400, body = crate::views::ErrorBody),
+        (status = 403, body = crate::views::ErrorBody), (status = 404, body = crate::views::ErrorBody)))]
+pub async fn decommission_site(
+    State(cp): Cp,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(body): Json<crate::decommission::DecommissionRequest>,
+) -> Result<Json<SiteView>, ApiError> {
+    use crate::decommission::DecommissionError;
+    let what = format!("{name} (keep data: {})", body.keep_data);
+    let record = caller
+        .write(
+            &cp,
+            Role::Operator,
+            "site.decommission",
+            &what,
+            blocking(|| {
+                crate::decommission::order(&cp, &name, &body, &caller.actor.name).map_err(|e| {
+                    match e {
+                        DecommissionError::NotFound(_) => ApiError::not_found(e.to_string()),
+                        DecommissionError::Invalid(m) => ApiError::bad_request(m),
+                        DecommissionError::Store(e) => e.into(),
+                    }
+                })
+            }),
+        )
+        .await?;
+    let live = cp.fleet.live(&name);
+    Ok(Json(SiteView::new(&record, live.as_ref())))
+}
+
 /// Every join token (never their secrets).
 #[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenView])))]
 pub async fn list_tokens(State(cp): Cp, caller: Caller) -> Result<Json<Vec<TokenView>>, ApiError> {

@@ -10,13 +10,14 @@ mod error;
 mod handlers;
 mod https;
 pub mod rollouts;
+mod secrets;
 pub mod telemetry;
 mod yank;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 
 pub use auth::Caller;
@@ -38,6 +39,10 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .route("/v1/sites/{name}", get(handlers::get_site))
         .route("/v1/sites/{name}/revoke", post(handlers::revoke_site))
         .route(
+            "/v1/sites/{name}/decommission",
+            post(handlers::decommission_site),
+        )
+        .route(
             "/v1/tokens",
             get(handlers::list_tokens).post(handlers::create_token),
         )
@@ -58,6 +63,11 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             post(agent_releases::publish),
         )
         .route("/v1/policies", get(handlers::policies))
+        .route("/v1/secrets", get(secrets::list))
+        .route(
+            "/v1/secrets/{name}",
+            put(secrets::set).delete(secrets::remove),
+        )
         .route("/v1/events", get(telemetry::events))
         .route("/v1/sites/{name}/telemetry", get(telemetry::site_telemetry))
         .route(
@@ -106,6 +116,7 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::list_sites,
         handlers::get_site,
         handlers::revoke_site,
+        handlers::decommission_site,
         handlers::list_tokens,
         handlers::create_token,
         handlers::list_operators,
@@ -118,6 +129,9 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         handlers::upload_archive,
         agent_releases::publish,
         handlers::policies,
+        secrets::list,
+        secrets::set,
+        secrets::remove,
         telemetry::events,
         telemetry::site_telemetry,
         telemetry::service_logs,
@@ -158,6 +172,8 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::model::DesiredRelease,
         crate::model::TrustReport,
         crate::model::SiteLock,
+        crate::model::Decommission,
+        crate::decommission::DecommissionRequest,
         crate::views::ReleasePublish,
         crate::views::ArchiveUploaded,
         crate::views::PoliciesView,
@@ -166,6 +182,10 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
         crate::views::WindowView,
         crate::views::ExcludeView,
         crate::policy::file::Rejection,
+        crate::secrets::SecretView,
+        crate::secrets::Scope,
+        crate::secrets::SetRequest,
+        crate::secrets::SetOutcome,
         crate::telemetry::event::EventView,
         telemetry::SiteTelemetryView,
         rollouts::RolloutStart,

@@ -46,6 +46,38 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
             }
             Ok(())
         }
+        Command::Site(SiteCommand::Decommission {
+            name,
+            keep_data,
+            deadline,
+        }) => {
+            let body = crate::decommission::DecommissionRequest {
+                keep_data,
+                deadline: Some(deadline),
+            };
+            let site: SiteView = api
+                .post(
+                    &format!("/v1/sites/{}/decommission", path_segment(&name)?),
+                    &body,
+                )
+                .await?;
+            match out {
+                Output::Json => print(out, &site, &[], vec![]),
+                Output::Table if site.online => println!(
+                    "site {} is told to decommission itself now; `continuum site show {}` shows its report",
+                    site.name, site.name
+                ),
+                Output::Table => println!(
+                    "site {} is offline: it decommissions itself when it returns, or is revoked at {}",
+                    site.name,
+                    site.decommission
+                        .as_ref()
+                        .map(|d| crate::plane::rfc3339(d.deadline))
+                        .unwrap_or_default()
+                ),
+            }
+            Ok(())
+        }
         Command::Release(command) => super::releases::run(&api, out, command).await,
         Command::Releases => super::releases::list(&api, out).await,
         Command::AgentRelease(super::AgentReleaseCommand::Publish {
@@ -110,6 +142,7 @@ pub async fn remote(global: &GlobalArgs, command: Command) -> anyhow::Result<()>
         }
         Command::Rollout(command) => super::rollouts::run(&api, out, command).await,
         Command::Service(command) => super::rollouts::run_service(&api, out, command).await,
+        Command::Secret(command) => super::secrets::run(&api, out, command).await,
         Command::Keys(command) => super::keys::run(&api, out, command).await,
         Command::Site(SiteCommand::Assign {
             site,
@@ -406,6 +439,18 @@ fn show_site(out: Output, site: &SiteView) {
     ];
     if let Some(revoked) = &site.revoked_at {
         rows.push(vec!["revoked".into(), revoked.clone()]);
+    }
+    if let Some(order) = &site.decommission {
+        let state = match (&order.done_at, &order.report) {
+            (Some(at), Some(report)) => format!("done at {at}: {report}"),
+            _ => format!(
+                "ordered at {} by {}, revoked at {} unless the site does it first",
+                order.ordered_at,
+                order.ordered_by,
+                crate::plane::rfc3339(order.deadline)
+            ),
+        };
+        rows.push(vec!["decommission".into(), state]);
     }
     if let Some(lock) = &site.lock {
         rows.push(vec![

@@ -6,6 +6,7 @@ mod keys;
 mod output;
 mod releases;
 mod rollouts;
+mod secrets;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Take a service off sites.
     #[command(subcommand)]
     Service(rollouts::ServiceCommand),
+    /// Secrets: values that reach only the sites in their scope, sealed to each.
+    #[command(subcommand)]
+    Secret(secrets::SecretCommand),
     /// The signing keys of the release and desired-state repositories.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -232,6 +236,20 @@ pub enum SiteCommand {
     Revoke {
         /// Site name.
         name: String,
+    },
+    /// Take a site out of the fleet for good: its agent stops and removes every
+    /// container of ours (their volumes and images too, unless --keep-data), wipes its
+    /// secrets and state, uninstalls itself if the installer put it there, and the site
+    /// is revoked. An offline site does it when it returns, or is revoked at the deadline.
+    Decommission {
+        /// Site name.
+        name: String,
+        /// Keep the services' named volumes and images at the site.
+        #[arg(long)]
+        keep_data: bool,
+        /// How long an offline site has to return before it is revoked anyway.
+        #[arg(long, default_value = "14days")]
+        deadline: String,
     },
     /// Pin a site to a release of a service (kept until changed).
     Assign {

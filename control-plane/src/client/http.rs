@@ -132,6 +132,25 @@ impl ApiClient {
         )
     }
 
+    /// PUT a JSON body, read a JSON answer.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        decode(
+            &self
+                .request(Method::PUT, path, Some(("application/json", body)))
+                .await?,
+        )
+    }
+
+    /// DELETE a resource, read a JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        decode(&self.request(Method::DELETE, path, None).await?)
+    }
+
     /// POST raw bytes of `content_type`, read a JSON answer.
     pub async fn post_bytes<T: DeserializeOwned>(
         &self,

@@ -93,11 +93,18 @@ pub fn dry_run(
         })?),
         None => None,
     };
+    let all = sites::list(cp)?;
+    let outside = super::secret::unfit(cp, &release.secrets, &all)?;
     let mut unfit = std::collections::BTreeMap::new();
-    let candidates: Vec<Candidate> = sites::list(cp)?
+    let candidates: Vec<Candidate> = all
         .into_iter()
+        .filter(|s| !outside.contains_key(&s.name))
         .filter(|s| only.is_none_or(|only| only.contains(&s.name)))
         .filter(|s| {
+            if s.revoked_at.is_none() && s.decommission.is_some() {
+                unfit.insert(s.name.clone(), "being decommissioned".to_owned());
+                return false;
+            }
             if !agent || s.revoked_at.is_some() {
                 return true;
             }
@@ -124,6 +131,12 @@ pub fn dry_run(
         policy,
     );
     planned.excluded.extend(unfit);
+    // Sites a secret cannot reach, unless excluded for another reason already.
+    for (site, why) in outside {
+        if only.is_none_or(|only| only.contains(&site)) {
+            planned.excluded.entry(site).or_insert(why);
+        }
+    }
     Ok((gates_of(policy), planned))
 }
 
@@ -139,7 +152,7 @@ pub fn gates_of(policy: &crate::policy::file::RolloutPolicy) -> Gates {
     }
 }
 
-fn read_manifest(
+pub(super) fn read_manifest(
     cp: &ControlPlane,
     release: &crate::model::ReleaseRecord,
 ) -> Result<continuum_shared::manifest::Release, RolloutError> {
@@ -174,7 +187,7 @@ pub async fn start(
 ) -> Result<Rollout, RolloutError> {
     let _one = CHANGES.lock().await;
     let (gates, planned) = dry_run(cp, service, version, policy, only)?;
-    begin(cp, service, Some(version), gates, planned, actor)
+    begin(cp, service, Some(version), None, gates, planned, actor)
 }
 
 /// Starts taking `service` off the sites that `select` picks among those whose desired
@@ -200,14 +213,99 @@ pub async fn start_removal(
         )));
     }
     let (gates, planned) = super::removal::plan_removal(cp, service, select, policy)?;
-    begin(cp, service, None, gates, planned, actor)
+    begin(cp, service, None, None, gates, planned, actor)
 }
 
-/// Records and wakes a planned rollout to `version` (`None`: a removal).
+/// Starts, for each service whose sites' desired state uses secret `name`, a rollout
+/// that moves those sites to `version` of it in the waves of `policy` (when absent,
+/// the policy the service's release names). Returns per service the rollout's id, or why none started (a rollout of
+/// the service is under way: it is not cut short).
+pub async fn start_secret(
+    cp: &ControlPlane,
+    name: &str,
+    version: u64,
+    policy: Option<&str>,
+    actor: &str,
+) -> Result<Vec<(String, Result<String, String>)>, RolloutError> {
+    let _one = CHANGES.lock().await;
+    let snapshot = cp.policies.snapshot();
+    if let Some(name) = policy
+        && snapshot.rollout(name).is_none()
+    {
+        return Err(RolloutError::Invalid(format!(
+            "no rollout policy named {name:?} is in force; see `continuum policies`"
+        )));
+    }
+    let Some(secret) = crate::secrets::get(cp, name)? else {
+        return Ok(Vec::new());
+    };
+    let active = list(cp)?;
+    let mut started = Vec::new();
+    for (service, using) in super::secret::sites_using(cp, name)? {
+        // The policy asked for, else the one the release of the service names.
+        let policy_name = match policy {
+            Some(name) => name.to_owned(),
+            None => super::secret::release_policy(cp, &service, &using)?,
+        };
+        let Some(policy) = snapshot.rollout(&policy_name) else {
+            started.push((
+                service,
+                Err(format!(
+                    "its release names rollout policy {policy_name:?}, which is not in force"
+                )),
+            ));
+            continue;
+        };
+        if let Some(other) = active
+            .iter()
+            .find(|r| r.service == service && r.state.active() && r.secret.as_deref() != Some(name))
+        {
+            started.push((
+                service,
+                Err(format!(
+                    "rollout {} ({}) is under way; set the secret again once it is done",
+                    other.id,
+                    other.describe()
+                )),
+            ));
+            continue;
+        }
+        let candidates: Vec<Candidate> = sites::list(cp)?
+            .into_iter()
+            .filter(|s| using.contains(&s.name) && secret.scope.covers(s))
+            .map(|s| Candidate {
+                labels: s.labels(),
+                revoked: s.revoked_at.is_some(),
+                name: s.name,
+            })
+            .collect();
+        let label = format!("secret {name} v{version}");
+        let planned = plan(&service, &label, &candidates, None, &[], policy);
+        if planned.waves.iter().all(|w| w.sites.is_empty()) {
+            started.push((service, Err("no site in the secret's scope runs it".into())));
+            continue;
+        }
+        let rollout = begin(
+            cp,
+            &service,
+            Some(&version.to_string()),
+            Some(name),
+            gates_of(policy),
+            planned,
+            actor,
+        )?;
+        started.push((service, Ok(rollout.id)));
+    }
+    Ok(started)
+}
+
+/// Records and wakes a planned rollout to `version` (`None`: a removal) of `service`,
+/// or of its `secret`.
 fn begin(
     cp: &ControlPlane,
     service: &str,
     version: Option<&str>,
+    secret: Option<&str>,
     gates: Gates,
     planned: Plan,
     actor: &str,
@@ -233,8 +331,11 @@ fn begin(
     for wave in &planned.waves {
         for site in &wave.sites {
             sites.insert(site.clone(), SiteProgress::Pending);
-            let had = desired::get(cp, site)?
-                .and_then(|d| d.releases.get(service).map(|r| r.version.clone()));
+            let desired = desired::get(cp, site)?;
+            let had = match secret {
+                Some(name) => desired.and_then(|d| d.secrets.get(name).map(u64::to_string)),
+                None => desired.and_then(|d| d.releases.get(service).map(|r| r.version.clone())),
+            };
             previous.insert(site.clone(), had);
         }
     }
@@ -243,6 +344,7 @@ fn begin(
         service: service.to_owned(),
         version: version.unwrap_or_default().to_owned(),
         removal: version.is_none(),
+        secret: secret.map(str::to_owned),
         gates,
         waves: planned.waves,
         excluded: planned.excluded,
@@ -258,6 +360,22 @@ fn begin(
     info!(rollout = %rollout.id, what = %rollout.describe(), sites = rollout.sites.len(), "rollout started");
     WAKE.notify_one();
     Ok(rollout)
+}
+
+/// The desired-state change that tells a site `version`: of the service's release, or
+/// of the secret a rollout of a changed secret moves. A site that had no version of
+/// the secret before is put back on the newest kept.
+fn change_of(rollout: &Rollout, version: Option<String>) -> desired::Change {
+    match &rollout.secret {
+        Some(name) => desired::Change::Secret {
+            name: name.clone(),
+            version: version.and_then(|v| v.parse().ok()).unwrap_or(0),
+        },
+        None => desired::Change::Release {
+            service: rollout.service.clone(),
+            version,
+        },
+    }
 }
 
 /// Waits for a rollout step under way to finish, so that a change made before (a
@@ -374,11 +492,11 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
         let actions = step(&mut rollout, &fleet, now.as_second());
         let actor = format!("rollout {}", rollout.id);
         // One batch: sites are signed side by side and made durable together.
-        let changes: Vec<(String, Option<String>)> = actions
+        let changes: Vec<(String, desired::Change)> = actions
             .iter()
-            .map(|a| (a.site.clone(), a.version.clone()))
+            .map(|a| (a.site.clone(), change_of(&rollout, a.version.clone())))
             .collect();
-        let results = desired::set_releases(cp, &rollout.service, &changes, &actor).await;
+        let results = desired::change(cp, &changes, &actor).await;
         for (action, result) in actions.iter().zip(results) {
             if let Err(e) = result {
                 warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");

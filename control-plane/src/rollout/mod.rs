@@ -12,6 +12,7 @@
 pub mod controller;
 pub mod plan;
 pub mod removal;
+pub mod secret;
 pub mod step;
 
 use std::collections::BTreeMap;
@@ -125,6 +126,10 @@ pub struct Rollout {
     /// Whether it takes the service off its sites instead of moving them to a release.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removal: bool,
+    /// Of a rollout of a changed secret: the secret's name; `version` is then the
+    /// secret's version, and `previous` each site's version before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// Gates and budget.
     pub gates: Gates,
     /// The waves.
@@ -153,12 +158,19 @@ impl Rollout {
         (!self.removal).then(|| self.version.clone())
     }
 
-    /// What it does, for people: `web 2.0`, or `removal of web`.
+    /// What it does, for people: `web 2.0`, `removal of web`, or `secret db v3 for web`.
     pub fn describe(&self) -> String {
-        match self.removal {
-            true => format!("removal of {}", self.service),
-            false => format!("{} {}", self.service, self.version),
+        match (&self.secret, self.removal) {
+            (Some(name), _) => format!("secret {name} v{} for {}", self.version, self.service),
+            (None, true) => format!("removal of {}", self.service),
+            (None, false) => format!("{} {}", self.service, self.version),
         }
+    }
+
+    /// The secret and version a rollout of a changed secret moves its sites to.
+    pub fn secret_target(&self) -> Option<(&str, u64)> {
+        let name = self.secret.as_deref()?;
+        self.version.parse().ok().map(|version| (name, version))
     }
 
     /// How many of its sites failed.

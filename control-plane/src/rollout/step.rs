@@ -84,6 +84,15 @@ fn track(
 ) {
     let version = rollout.version.clone();
     let removal = rollout.removal;
+    let secret = rollout
+        .secret_target()
+        .map(|(name, version)| (name.to_owned(), version));
+    // A report speaks of the new secret once the site's desired state carries it.
+    let on_new_secret = |r: &ServiceReport| {
+        secret
+            .as_ref()
+            .is_some_and(|(name, version)| r.secrets.get(name) == Some(version))
+    };
     let healthy_for = rollout.gates.healthy_for_secs as i64;
     for (site, progress) in rollout.sites.iter_mut() {
         let report = fleet.get(site).and_then(|s| s.report.as_ref());
@@ -91,18 +100,26 @@ fn track(
         // the service, reports it gone (the control plane forgets a service reported
         // removed).
         let caught_up = fleet.get(site).is_some_and(|s| s.caught_up);
-        let runs_healthy = match removal {
-            true => caught_up && report.is_none_or(|r| r.phase == ServicePhase::Removed),
-            false => report.is_some_and(|r| {
+        let runs_healthy = match (&secret, removal) {
+            (Some(_), _) => report.is_some_and(|r| {
+                on_new_secret(r)
+                    && r.failed.is_none()
+                    && r.phase == ServicePhase::Running
+                    && r.health == HealthState::Healthy
+            }),
+            (None, true) => caught_up && report.is_none_or(|r| r.phase == ServicePhase::Removed),
+            (None, false) => report.is_some_and(|r| {
                 r.running.as_deref() == Some(&version)
                     && r.phase == ServicePhase::Running
                     && r.health == HealthState::Healthy
             }),
         };
-        let failed = report.filter(|r| match removal {
+        let failed = report.filter(|r| match (&secret, removal) {
+            // The release did not come up with the new value.
+            (Some(_), _) => on_new_secret(r) && r.failed.is_some(),
             // The agent could not take it off (its containers would not go).
-            true => r.desired.is_none() && r.phase == ServicePhase::Failed,
-            false => r.failed.as_deref() == Some(&version),
+            (None, true) => r.desired.is_none() && r.phase == ServicePhase::Failed,
+            (None, false) => r.failed.as_deref() == Some(&version),
         });
         let next = match progress {
             SiteProgress::Updating { .. } | SiteProgress::Healthy { .. } if failed.is_some() => {

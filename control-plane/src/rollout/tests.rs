@@ -7,7 +7,7 @@ use continuum_shared::labels::{LabelValue, Labels};
 use continuum_shared::protocol::{HealthState, ServicePhase, ServiceReport};
 
 use super::plan::{Candidate, plan};
-use super::step::{SiteNow, step};
+use super::step::{SetRelease, SiteNow, step};
 use super::*;
 use crate::policy::file::{self, PolicyFile};
 
@@ -72,6 +72,7 @@ fn rollout_for(policy: &PolicyFile, require: Option<&str>) -> Rollout {
         service: "web".into(),
         version: "2".into(),
         removal: false,
+        secret: None,
         gates: Gates {
             policy: "default".into(),
             bake_secs: p.bake.as_secs(),
@@ -179,6 +180,7 @@ impl Sim {
                     failed: failed.then(|| "2".into()),
                     failure: failed.then(|| "did not become healthy".into()),
                     at: 0,
+                    secrets: Default::default(),
                 };
                 let now = SiteNow {
                     online: true,
@@ -423,6 +425,7 @@ fn a_removal_waits_for_the_site_to_catch_up_and_counts_a_site_that_cannot_remove
         failed: None,
         failure: None,
         at: 0,
+        secrets: Default::default(),
     };
     let view = |caught_up: bool| -> BTreeMap<String, SiteNow> {
         BTreeMap::from([
@@ -461,4 +464,66 @@ fn a_removal_waits_for_the_site_to_catch_up_and_counts_a_site_that_cannot_remove
         "{:?}",
         rollout.sites[&sites[1]]
     );
+}
+
+#[test]
+fn a_secret_rollout_counts_only_reports_about_the_new_version_and_puts_failures_back() {
+    let policy = policy_file(POLICY);
+    let mut rollout = rollout_for(&policy, None);
+    rollout.secret = Some("db".into());
+    rollout.version = "2".into();
+    let sites: Vec<String> = rollout.sites.keys().take(3).cloned().collect();
+    for site in &sites {
+        rollout
+            .sites
+            .insert(site.clone(), SiteProgress::Updating { since: 0 });
+    }
+    let report = |version: u64, failed: bool| ServiceReport {
+        service: "web".into(),
+        desired: Some("1".into()),
+        running: Some("1".into()),
+        last_known_good: Some("1".into()),
+        phase: if failed {
+            ServicePhase::RolledBack
+        } else {
+            ServicePhase::Running
+        },
+        health: HealthState::Healthy,
+        restarts: 0,
+        last_error: None,
+        failed: failed.then(|| "1".into()),
+        failure: failed.then(|| "did not become healthy".into()),
+        at: 0,
+        secrets: BTreeMap::from([("db".to_owned(), version)]),
+    };
+    let now = |report: ServiceReport| SiteNow {
+        online: true,
+        report: Some(report),
+        window_open: true,
+        lock: None,
+        caught_up: true,
+    };
+    let view = BTreeMap::from([
+        // Healthy, but on the old value: not yet done.
+        (sites[0].clone(), now(report(1, false))),
+        // Healthy on the new value.
+        (sites[1].clone(), now(report(2, false))),
+        // Failed with the new value: put back on the old one.
+        (sites[2].clone(), now(report(2, true))),
+    ]);
+    let actions = step(&mut rollout, &view, 5);
+    assert_eq!(
+        rollout.sites[&sites[0]],
+        SiteProgress::Updating { since: 0 }
+    );
+    assert_eq!(rollout.sites[&sites[1]], SiteProgress::Healthy { since: 5 });
+    assert!(matches!(
+        &rollout.sites[&sites[2]],
+        SiteProgress::Failed { .. }
+    ));
+    assert!(actions.contains(&SetRelease {
+        site: sites[2].clone(),
+        version: Some("1".into()),
+    }));
+    assert_eq!(rollout.describe(), "secret db v2 for web");
 }

@@ -38,11 +38,13 @@ pub enum Tree {
     Desired,
     /// Rollouts by id (sortable: the newest last).
     Rollouts,
+    /// Secrets by name, their values sealed to the control plane's key.
+    Secrets,
 }
 
 impl Tree {
     /// Every tree, for backup and restore.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Sites,
         Tree::CertIndex,
         Tree::Tokens,
@@ -53,6 +55,7 @@ impl Tree {
         Tree::Releases,
         Tree::Desired,
         Tree::Rollouts,
+        Tree::Secrets,
     ];
 
     /// The tree's name on disk and in backups.
@@ -68,6 +71,7 @@ impl Tree {
             Tree::Releases => "releases",
             Tree::Desired => "desired",
             Tree::Rollouts => "rollouts",
+            Tree::Secrets => "secrets",
         }
     }
 

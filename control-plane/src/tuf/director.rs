@@ -2,7 +2,8 @@
 //! signed online with the director key.
 //!
 //! Every site's targets carry `"continuum": {"site": NAME}` at the top level, so an
-//! agent refuses another site's desired state even though the same key signed it.
+//! agent refuses another site's desired state even though the same key signed it, and
+//! under `"secrets"` the secrets sealed to that site's own key.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -115,14 +116,15 @@ impl Director {
         Ok(signer)
     }
 
-    /// Signs `entries` as `site`'s desired state at `generation` (the targets version).
-    /// Unless `durable`, the files are written without waiting for the disk and the
+    /// Signs `entries`, and the secrets sealed to the site, as `site`'s desired state at
+    /// `generation` (the targets version). Unless `durable`, the files are written without waiting for the disk and the
     /// caller must sync the file system (see [`sync`](Self::sync)) before telling anyone.
     pub async fn set(
         &self,
         site: &str,
         generation: u64,
         entries: &[Entry],
+        secrets: &continuum_shared::secrets::SealedSecrets,
         durable: bool,
     ) -> Result<(), TufError> {
         let _writer = self.writer.read().await;
@@ -135,9 +137,11 @@ impl Director {
             version,
             expires_in(self.lifetimes.director_targets),
         );
-        targets
-            ._extra
-            .insert("continuum".into(), json!({ "site": site }));
+        let bound = match secrets.is_empty() {
+            true => json!({ "site": site }),
+            false => json!({ "site": site, "secrets": secrets }),
+        };
+        targets._extra.insert("continuum".into(), bound);
         for entry in entries {
             let name = TargetName::new(entry.name.as_str())
                 .map_err(|e| TufError::Rejected(e.to_string()))?;

@@ -8,8 +8,8 @@ use toml::Spanned;
 use super::raw::{self, line_of};
 use super::units::{parse_duration, parse_size};
 use super::{
-    Container, Health, HealthCheck, ImageSource, Placement, Port, Problem, Release, Restart,
-    Strategy, Update, Volume,
+    Container, Health, HealthCheck, ImageSource, MAX_RELEASE_SECRETS, Placement, Port, Problem,
+    Release, Restart, SecretFile, Strategy, Update, Volume,
 };
 
 /// Collects problems while checking.
@@ -246,6 +246,14 @@ fn check_container(c: &mut Checker, raw: raw::Container, source: ImageSource) ->
             Restart::Always
         }
     };
+    let registry_secret = raw.registry_secret.as_ref().and_then(|s| {
+        if name_ok(s.get_ref()) {
+            Some(s.get_ref().clone())
+        } else {
+            c.at(s, "container.registry_secret", SECRET_NAME_RULE);
+            None
+        }
+    });
     let host_network = match raw.network.as_ref().map(|n| (n, n.get_ref().as_str())) {
         None | Some((_, "bridge")) => false,
         Some((_, "host")) => true,
@@ -269,7 +277,80 @@ fn check_container(c: &mut Checker, raw: raw::Container, source: ImageSource) ->
         restart,
         privileged: raw.privileged.as_ref().is_some_and(|p| *p.get_ref()),
         host_network,
+        registry_secret,
     }
+}
+
+const SECRET_NAME_RULE: &str =
+    "a secret name: 1 to 63 lower-case letters, digits, - _ ., starting with a letter or digit";
+
+/// Checks the `[[secrets]]` files: known names, distinct absolute paths that no volume
+/// also takes.
+fn check_secrets(
+    c: &mut Checker,
+    raw: Option<Vec<raw::Secret>>,
+    container: &Container,
+) -> Vec<SecretFile> {
+    let raw = raw.unwrap_or_default();
+    if raw.len() > MAX_RELEASE_SECRETS {
+        c.end(
+            "secrets",
+            format!("at most {MAX_RELEASE_SECRETS} secrets per release"),
+        );
+    }
+    let mut files: Vec<SecretFile> = Vec::new();
+    for secret in raw {
+        let name = secret.name.get_ref();
+        if !name_ok(name) {
+            c.at(&secret.name, "secrets.name", SECRET_NAME_RULE);
+            continue;
+        }
+        if files.iter().any(|f| &f.name == name) {
+            c.at(
+                &secret.name,
+                "secrets.name",
+                format!("{name:?} is named twice"),
+            );
+            continue;
+        }
+        let path = match &secret.path {
+            None => format!("/run/secrets/{name}"),
+            Some(p) => {
+                let text = p.get_ref();
+                let clean = text.starts_with('/')
+                    && text.len() > 1
+                    && text.len() <= 1024
+                    && !text.ends_with('/')
+                    && !text.contains('\0')
+                    && text.split('/').all(|part| part != ".." && part != ".");
+                if !clean {
+                    c.at(
+                        p,
+                        "secrets.path",
+                        "an absolute file path inside the container, without . or .. parts",
+                    );
+                    continue;
+                }
+                text.clone()
+            }
+        };
+        let taken = files.iter().any(|f| f.path == path)
+            || container.volumes.iter().any(|v| v.target == path);
+        if taken {
+            let at = secret.path.as_ref().map_or(&secret.name, |p| p);
+            c.at(
+                at,
+                "secrets.path",
+                format!("{path} is already mounted by another secret or a volume"),
+            );
+            continue;
+        }
+        files.push(SecretFile {
+            name: name.clone(),
+            path,
+        });
+    }
+    files
 }
 
 fn check_health(c: &mut Checker, raw: Option<raw::Health>) -> Health {
@@ -505,6 +586,7 @@ pub fn release(
     let health = check_health(&mut c, raw.health);
     let update = check_update(&mut c, raw.update, &health, &container);
     let placement = check_placement(&mut c, raw.placement);
+    let secrets = check_secrets(&mut c, raw.secrets, &container);
     if !c.problems.is_empty() {
         c.problems.sort_by_key(|p| p.line);
         return Err(c.problems);
@@ -516,5 +598,6 @@ pub fn release(
         health,
         update,
         placement,
+        secrets,
     })
 }

@@ -29,7 +29,14 @@
 //! [placement]
 //! require = 'labels.tier in ["T1", "T2"]'
 //! rollout = "default"
+//!
+//! [[secrets]]              # set with `continuum secret set`; a file on a tmpfs
+//! name = "db-password"
+//! path = "/run/secrets/db-password"   # the default: /run/secrets/<name>
 //! ```
+//!
+//! `container.registry_secret = "NAME"` names a secret holding `USER:PASSWORD` for
+//! pulling the image.
 //!
 //! [`parse`] checks everything before anything is signed and reports every problem it
 //! finds with file, line and field. The same parser runs on the site after the bytes
@@ -65,7 +72,32 @@ pub struct Release {
     pub update: Update,
     /// Where it may run.
     pub placement: Placement,
+    /// Secrets it gets as read-only files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretFile>,
 }
+
+impl Release {
+    /// Every secret the release needs: its files and its registry login.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.container.registry_secret.as_deref())
+    }
+}
+
+/// A secret handed to the container as a read-only file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// The secret's name (`continuum secret set NAME`).
+    pub name: String,
+    /// Where the container sees it (absolute).
+    pub path: String,
+}
+
+/// Most secrets one release may name.
+pub const MAX_RELEASE_SECRETS: usize = 32;
 
 /// The container of a release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +122,9 @@ pub struct Container {
     pub privileged: bool,
     /// Whether it asks for the host's network.
     pub host_network: bool,
+    /// The secret holding the registry login (`USER:PASSWORD`) for pulling the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_secret: Option<String>,
 }
 
 /// A published port.

@@ -15,6 +15,14 @@ pub struct Manifest {
     pub health: Option<Health>,
     pub update: Option<Update>,
     pub placement: Option<Placement>,
+    pub secrets: Option<Vec<Secret>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    pub name: Spanned<String>,
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +45,7 @@ pub struct Container {
     pub restart: Option<Spanned<String>>,
     pub privileged: Option<Spanned<bool>>,
     pub network: Option<Spanned<String>>,
+    pub registry_secret: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -244,3 +244,58 @@ fn agent_binary_target_names_round_trip_and_odd_ones_are_refused() {
         assert_eq!(parse_agent_target_name(odd), None, "{odd}");
     }
 }
+
+#[test]
+fn secrets_are_files_at_distinct_paths_with_a_default_under_run_secrets() {
+    let text = format!(
+        "{}\n[[secrets]]\nname = \"db-password\"\n\n[[secrets]]\nname = \"tls-key\"\npath = \"/etc/app/key.pem\"\n",
+        good().replace(
+            "restart = \"always\"",
+            "restart = \"always\"\nregistry_secret = \"pull-login\""
+        )
+    );
+    let release = parse("app.toml", &text, ImageSource::Registry).unwrap();
+    let files: Vec<(&str, &str)> = release
+        .secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.path.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("db-password", "/run/secrets/db-password"),
+            ("tls-key", "/etc/app/key.pem")
+        ]
+    );
+    assert_eq!(
+        release.container.registry_secret.as_deref(),
+        Some("pull-login")
+    );
+    let names: Vec<&str> = release.secret_names().collect();
+    assert_eq!(names, ["db-password", "tls-key", "pull-login"]);
+}
+
+#[test]
+fn bad_secrets_are_reported_with_line_and_field() {
+    let text = format!(
+        "{}\n[[secrets]]\nname = \"Bad Name\"\n\n[[secrets]]\nname = \"a\"\npath = \"relative/x\"\n\n[[secrets]]\nname = \"b\"\npath = \"/cache\"\n\n[[secrets]]\nname = \"c\"\npath = \"/x/../etc/shadow\"\n",
+        good().replace(
+            "restart = \"always\"",
+            "restart = \"always\"\nregistry_secret = \"NOPE\""
+        )
+    );
+    let p = problems(&text);
+    let fields: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.field.as_str())).collect();
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(
+        fields,
+        [
+            (line("registry_secret"), "container.registry_secret"),
+            (line("Bad Name"), "secrets.name"),
+            (line("relative/x"), "secrets.path"),
+            (line("\"/cache\""), "secrets.path"),
+            (line("shadow"), "secrets.path"),
+        ],
+        "{p:?}"
+    );
+}

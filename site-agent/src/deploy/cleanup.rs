@@ -81,6 +81,9 @@ impl Reconciler {
                 }
             }
         }
+        if failed.is_none() {
+            self.secrets.prune(name, &[]);
+        }
         let mut report = report::blank(name);
         report.health = HealthState::Down;
         if let Some(error) = failed {

@@ -22,6 +22,26 @@ pub enum ImageError {
     /// What arrived is not what was signed: refused.
     #[error("{0}")]
     Tampered(String),
+    /// The registry refused the release's login (or its lack of one): the release
+    /// cannot run here until its registry secret is right.
+    #[error("the registry refused the pull: {0}")]
+    Denied(String),
+}
+
+/// Whether the engine's pull error is the registry turning the login away.
+fn denied(error: &EngineError) -> bool {
+    let EngineError::Refused(text) = error else {
+        return false;
+    };
+    let text = text.to_ascii_lowercase();
+    [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+    ]
+    .iter()
+    .any(|word| text.contains(word))
 }
 
 /// Makes sure the engine holds the image `verified` runs; returns its id.
@@ -30,6 +50,7 @@ pub async fn ensure(
     state_dir: &Path,
     link: &LinkSlot,
     verified: &VerifiedRelease,
+    login: Option<continuum_shared::secrets::RegistryLogin>,
 ) -> Result<String, ImageError> {
     match &verified.archive {
         Some(archive) => {
@@ -55,7 +76,15 @@ pub async fn ensure(
             if let Some(id) = engine.image_id(reference).await? {
                 return Ok(id);
             }
-            engine.pull(reference, None).await?;
+            let credentials = login.map(|login| bollard::auth::DockerCredentials {
+                username: Some(login.username),
+                password: Some(login.password),
+                ..Default::default()
+            });
+            match engine.pull(reference, credentials).await {
+                Err(e) if denied(&e) => return Err(ImageError::Denied(e.to_string())),
+                pulled => pulled?,
+            }
             engine.image_id(reference).await?.ok_or_else(|| {
                 ImageError::Engine(EngineError::Refused(format!(
                     "{reference} was pulled but the engine does not show it"

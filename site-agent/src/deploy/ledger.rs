@@ -15,8 +15,10 @@ const CACHE_BYTES: u64 = 4 << 20;
 /// A release on trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
-    /// The release's manifest hash.
-    pub sha256: String,
+    /// What is tried ([`VerifiedRelease::key`]: the manifest hash, with the versions of
+    /// its secrets).
+    #[serde(rename = "sha256")]
+    pub key: String,
     /// Its version.
     pub version: String,
     /// It must be healthy by then (Unix seconds) or the site goes back.
@@ -26,8 +28,9 @@ pub struct Trial {
 /// A release that failed at this site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failed {
-    /// The release's manifest hash.
-    pub sha256: String,
+    /// What failed ([`VerifiedRelease::key`]).
+    #[serde(rename = "sha256")]
+    pub key: String,
     /// Its version.
     pub version: String,
     /// Why, with the container's last log lines.

@@ -34,8 +34,10 @@ use tracing::{info, warn};
 
 use crate::admission::{SitePolicy, Usage};
 use crate::engine::{Engine, EngineError, Ours};
+use crate::secrets::SecretFiles;
 use crate::telemetry::{Telemetry, service_events};
 use crate::trust::{DesiredState, LinkSlot, VerifiedRelease};
+use continuum_shared::secrets::SealedSecrets;
 use health::Tracker;
 use images::ImageError;
 use ledger::{Failed, Ledger, ServiceRecord, Trial};
@@ -65,6 +67,8 @@ pub struct Settings {
     pub engine: String,
     /// Time between passes when nothing is in flight.
     pub interval: Duration,
+    /// The tmpfs directory where opened secrets wait for their containers.
+    pub secrets_dir: PathBuf,
 }
 
 /// The reconcile loop of one site.
@@ -81,6 +85,7 @@ pub struct Reconciler {
     errors: HashMap<String, String>,
     policy: watch::Receiver<SitePolicy>,
     telemetry: Telemetry,
+    secrets: SecretFiles,
 }
 
 /// What one service's step produced.
@@ -101,6 +106,8 @@ pub struct Wiring {
     pub policy: watch::Receiver<SitePolicy>,
     /// Where events go.
     pub telemetry: Telemetry,
+    /// The site's secrets key, to open the secrets its containers mount.
+    pub secrets_key: continuum_shared::secrets::SecretsKey,
 }
 
 impl Reconciler {
@@ -118,14 +125,16 @@ impl Reconciler {
             reports,
             policy,
             telemetry,
+            secrets_key,
         } = wiring;
+        let secrets = SecretFiles::new(settings.secrets_dir.clone(), secrets_key);
         let ledger = Ledger::open(&state_dir)?;
         // A trial interrupted by an agent restart gets its full time again: the agent
         // being down is not the release's fault.
         for service in ledger.services() {
             let mut record = ledger.get(&service)?;
             if let (Some(trial), Some(desired)) = (&mut record.trial, desired.borrow().as_ref())
-                && let Some(r) = desired.releases.iter().find(|r| r.sha256 == trial.sha256)
+                && let Some(r) = desired.releases.iter().find(|r| r.key() == trial.key)
             {
                 trial.deadline = unix_now() + r.release.update.healthy_within.as_secs() as i64;
                 ledger.put(&service, &record)?;
@@ -144,6 +153,7 @@ impl Reconciler {
             errors: HashMap::new(),
             policy,
             telemetry,
+            secrets,
         })
     }
 
@@ -218,7 +228,10 @@ impl Reconciler {
             let theirs: Vec<&Ours> = containers.iter().filter(|c| c.service == name).collect();
             let wanted = desired.releases.iter().find(|r| r.release.service == name);
             let step = match wanted {
-                Some(wanted) => self.converge(&engine, wanted, &theirs).await,
+                Some(wanted) => {
+                    self.converge(&engine, wanted, &desired.secrets, &theirs)
+                        .await
+                }
                 None => self.retire(&engine, &desired, &name, &theirs).await,
             };
             busy |= step.busy;
@@ -293,6 +306,7 @@ impl Reconciler {
         &mut self,
         engine: &Engine,
         wanted: &VerifiedRelease,
+        sealed: &SealedSecrets,
         theirs: &[&Ours],
     ) -> Step {
         let name = wanted.release.service.clone();
@@ -301,14 +315,9 @@ impl Reconciler {
             Err(e) => return self.stuck(&name, wanted, e.to_string()),
         };
         // A new desired release clears what the old one left behind.
-        if record
-            .failed
-            .as_ref()
-            .is_some_and(|f| f.sha256 != wanted.sha256)
-            || record
-                .trial
-                .as_ref()
-                .is_some_and(|t| t.sha256 != wanted.sha256)
+        let key = wanted.key();
+        if record.failed.as_ref().is_some_and(|f| f.key != key)
+            || record.trial.as_ref().is_some_and(|t| t.key != key)
         {
             record.failed = None;
             record.trial = None;
@@ -330,9 +339,33 @@ impl Reconciler {
                 busy: false,
             };
         };
-        let on_trial = !rolled_back
-            && record.last_known_good.as_ref().map(|l| &l.sha256) != Some(&wanted.sha256);
-        let spec = spec::build(&self.site, &target);
+        let on_trial =
+            !rolled_back && record.last_known_good.as_ref().map(VerifiedRelease::key) != Some(key);
+        let placed = match self.secrets.place(sealed, &target.release) {
+            Ok(placed) => placed,
+            Err(reason) if on_trial => {
+                // The new release cannot have its secrets here: it fails, and the site
+                // goes back to what worked.
+                let running = theirs.iter().find(|c| c.running).copied();
+                self.fail(engine, &name, &mut record, running, reason).await;
+                return Step {
+                    report: self.report(&name, wanted, &record, None, ServicePhase::Deploying),
+                    busy: true,
+                };
+            }
+            Err(reason) => {
+                // What runs keeps running with what it has; the report says why it
+                // cannot be brought up to date.
+                warn!(service = %name, %reason, "cannot place the service's secrets");
+                self.errors.insert(name.clone(), reason);
+                let running = theirs.iter().find(|c| c.running).copied();
+                return Step {
+                    report: self.report(&name, wanted, &record, running, ServicePhase::Failed),
+                    busy: false,
+                };
+            }
+        };
+        let mut spec = spec::build(&self.site, &target, &placed);
         let mine = theirs.iter().find(|c| c.spec == spec.hash).copied();
         if on_trial
             && mine.is_none()
@@ -356,9 +389,14 @@ impl Reconciler {
         };
         match mine {
             None => {
-                let outcome = self
-                    .deploy(engine, &target, &spec, theirs, on_trial, &mut record)
-                    .await;
+                let outcome = match self.secrets.registry_login(sealed, &target.release) {
+                    Ok(login) => {
+                        spec.login = login;
+                        self.deploy(engine, &target, &spec, theirs, on_trial, &mut record)
+                            .await
+                    }
+                    Err(reason) => Err(reason),
+                };
                 let busy = match outcome {
                     Ok(started) => started,
                     Err(reason) if on_trial => {
@@ -411,10 +449,12 @@ impl Reconciler {
                         busy = true;
                     }
                 } else {
-                    // The right container runs: anything else of this service goes.
+                    // The right container runs: anything else of this service goes,
+                    // and so do the secret files only they mounted.
                     for other in theirs.iter().filter(|o| o.id != c.id) {
                         self.remove(engine, other).await;
                     }
+                    self.secrets.prune(&name, &placed);
                 }
                 let running = (phase != ServicePhase::Deploying).then_some(c);
                 Step {
@@ -465,7 +505,15 @@ impl Reconciler {
     ) -> Result<bool, String> {
         let name = &target.release.service;
         info!(service = %name, version = %target.release.version, "deploying");
-        match images::ensure(engine, &self.state_dir, &self.link, target).await {
+        match images::ensure(
+            engine,
+            &self.state_dir,
+            &self.link,
+            target,
+            spec.login.clone(),
+        )
+        .await
+        {
             Ok(_) => {
                 if let Err(e) = self.ledger.track_image(&spec.image) {
                     warn!(error = %e, "could not record the image for later clean-up");
@@ -482,7 +530,7 @@ impl Reconciler {
                     }
                 }
             }
-            Err(ImageError::Tampered(reason)) => return Err(reason),
+            Err(e @ (ImageError::Tampered(_) | ImageError::Denied(_))) => return Err(e.to_string()),
             Err(e) => {
                 // Not the release's fault (link or engine down): try again later.
                 self.errors.insert(name.clone(), e.to_string());
@@ -491,7 +539,7 @@ impl Reconciler {
         }
         if on_trial && record.trial.is_none() {
             record.trial = Some(Trial {
-                sha256: target.sha256.clone(),
+                key: target.key(),
                 version: target.release.version.clone(),
                 deadline: unix_now() + target.release.update.healthy_within.as_secs() as i64,
             });
@@ -565,15 +613,15 @@ impl Reconciler {
             self.remove(engine, c).await;
         }
         warn!(service = %name, %reason, "release failed; going back to the last-known-good release");
-        let (sha256, version) = match &record.trial {
-            Some(t) => (t.sha256.clone(), t.version.clone()),
+        let (key, version) = match &record.trial {
+            Some(t) => (t.key.clone(), t.version.clone()),
             None => {
                 let desired = self.desired.borrow();
                 let release = desired
                     .as_ref()
                     .and_then(|d| d.releases.iter().find(|r| r.release.service == name));
                 (
-                    release.map(|r| r.sha256.clone()).unwrap_or_default(),
+                    release.map(VerifiedRelease::key).unwrap_or_default(),
                     release
                         .map(|r| r.release.version.clone())
                         .unwrap_or_default(),
@@ -581,7 +629,7 @@ impl Reconciler {
             }
         };
         record.failed = Some(Failed {
-            sha256,
+            key,
             version,
             reason,
         });
@@ -669,6 +717,7 @@ impl Reconciler {
             restarts: probe.map_or(0, |p| p.restarts),
             last_error: last_error.map(report::bounded),
             failed: record.failed.as_ref().map(|f| f.version.clone()),
+            secrets: wanted.secrets.clone(),
             failure: record
                 .failed
                 .as_ref()

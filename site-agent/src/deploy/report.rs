@@ -26,6 +26,7 @@ pub fn blank(service: &str) -> ServiceReport {
         failed: None,
         failure: None,
         at: 0,
+        secrets: Default::default(),
     }
 }
 

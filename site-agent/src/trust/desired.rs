@@ -1,6 +1,7 @@
 //! The desired state in force at this site: the last one that verified, stored in
 //! `<state dir>/desired.json` (0600) and replaced only by another that verified.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use continuum_shared::manifest::{ImageArchive, Release};
@@ -22,6 +23,21 @@ pub struct VerifiedRelease {
     /// The image archive shipped with it, when it is not pulled from a registry.
     #[serde(default)]
     pub archive: Option<ImageArchive>,
+    /// The versions of the secrets it uses, as the desired state sealed them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, u64>,
+}
+
+impl VerifiedRelease {
+    /// What a deploy of it is: the manifest, with the versions of its secrets. A new
+    /// version of a secret is a new deploy, tried and kept or undone like a release.
+    pub fn key(&self) -> String {
+        let mut key = self.sha256.clone();
+        for (name, version) in &self.secrets {
+            key.push_str(&format!("+{name}@{version}"));
+        }
+        key
+    }
 }
 
 /// The agent binary the director asks this site to run, as the image repository
@@ -48,6 +64,9 @@ pub struct DesiredState {
     /// The agent build this site should run, if the director names one.
     #[serde(default)]
     pub agent: Option<AgentBinary>,
+    /// The secrets the director sealed to this site's own key, by name.
+    #[serde(default)]
+    pub secrets: continuum_shared::secrets::SealedSecrets,
     /// When it verified, Unix seconds.
     pub verified_at: i64,
 }

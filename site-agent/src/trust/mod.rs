@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use continuum_shared::manifest::{self, ImageArchive, ImageSource};
+use continuum_shared::secrets::SealedSecrets;
 use tough::schema::{Signed, Targets};
 use tough::{ExpirationEnforcement, Limits, Repository, RepositoryLoader};
 use url::Url;
@@ -196,6 +197,37 @@ fn bound_site(targets: &Signed<Targets>) -> Option<&str> {
         .as_str()
 }
 
+/// The sealed secrets a director targets file carries, checked for shape and bounds
+/// (they are opened only when a container needs them).
+fn sealed_secrets(targets: &Signed<Targets>) -> Result<SealedSecrets, TrustError> {
+    let Some(value) = targets
+        .signed
+        ._extra
+        .get("continuum")
+        .and_then(|c| c.get("secrets"))
+    else {
+        return Ok(SealedSecrets::new());
+    };
+    let secrets: SealedSecrets = serde_json::from_value(value.clone())
+        .map_err(|e| TrustError::Refused(format!("the director's secrets are malformed: {e}")))?;
+    if secrets.len() > continuum_shared::secrets::MAX_SECRETS_PER_SITE {
+        return Err(TrustError::Refused(format!(
+            "the director names {} secrets; at most {} are accepted",
+            secrets.len(),
+            continuum_shared::secrets::MAX_SECRETS_PER_SITE
+        )));
+    }
+    if let Some(bad) = secrets
+        .keys()
+        .find(|name| continuum_shared::names::check_name("secret", name).is_err())
+    {
+        return Err(TrustError::Refused(format!(
+            "the director names a secret {bad:?}, which is not a secret name"
+        )));
+    }
+    Ok(secrets)
+}
+
 /// The image archive a release's signed entry names: well formed, and listed in the
 /// image repository with the same length and hash.
 fn signed_archive(
@@ -300,6 +332,7 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
         }
     }
     let generation = wanted.signed.version.get();
+    let secrets = sealed_secrets(wanted)?;
     let mut releases = Vec::new();
     let mut agent = None;
     for (name, entry) in &wanted.signed.targets {
@@ -352,17 +385,23 @@ pub async fn verify<T: tough::Transport + Clone + 'static>(
             None => None,
             Some(value) => Some(signed_archive(&image, value, &release)?),
         };
+        let secret_versions = release
+            .secret_names()
+            .filter_map(|n| secrets.get(n).map(|s| (n.to_owned(), s.version)))
+            .collect();
         releases.push(VerifiedRelease {
             target: name.raw().to_owned(),
             sha256,
             release,
             archive,
+            secrets: secret_versions,
         });
     }
     Ok(DesiredState {
         generation,
         releases,
         agent,
+        secrets,
         verified_at: continuum_shared::unix_now(),
     })
 }

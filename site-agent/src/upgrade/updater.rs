@@ -147,6 +147,7 @@ impl Updater {
             failed: None,
             failure: None,
             at: unix_now(),
+            secrets: Default::default(),
         };
         let Some(wanted) = wanted else {
             // No agent release is rolled out to this site: nothing to report.

@@ -89,7 +89,9 @@ impl Base {
             .iter()
             .map(|(s, v)| self.entry(s, v))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        self.director.set(site, generation, &entries, true).await?;
+        self.director
+            .set(site, generation, &entries, &Default::default(), true)
+            .await?;
         Ok(())
     }
 
@@ -437,7 +439,9 @@ async fn main() -> anyhow::Result<()> {
         base.path("tuf/image/blobs").join(sha(other.as_bytes())),
         &other,
     )?;
-    base.director.set(SITE, 2, &[entry], true).await?;
+    base.director
+        .set(SITE, 2, &[entry], &Default::default(), true)
+        .await?;
     base.write(
         &out.join("wrong-software"),
         "refused",
@@ -492,7 +496,9 @@ async fn main() -> anyhow::Result<()> {
         service: "evil".into(),
         version: "6.6.6".into(),
     };
-    base.director.set(SITE, 2, &[entry], true).await?;
+    base.director
+        .set(SITE, 2, &[entry], &Default::default(), true)
+        .await?;
     base.write(
         &out.join("stolen-online-keys"),
         "refused",

@@ -641,3 +641,35 @@ fn the_kubernetes_manifests_pass_kubernetes_validate() {
     std::fs::write(&broken, text).unwrap();
     assert!(!validate(&[broken.display().to_string()]).status.success());
 }
+
+#[test]
+fn an_installed_site_that_is_decommissioned_uninstalls_itself_and_stays_stopped() {
+    let server = Server::start();
+    let site = Site::start();
+    let line = install_line(&server, "deb-gone", &[]);
+    assert_ok(
+        &site.sh("root", &format!("{line} --engine none")),
+        "the install",
+    );
+    server.wait_online("deb-gone");
+    assert!(site.exists("/usr/local/lib/continuum-agent/uninstall.sh"));
+
+    server.cli(&["site", "decommission", "deb-gone"]).ok();
+    wait::until(Duration::from_secs(60), "the site decommissioned", || {
+        let s = server.site("deb-gone")?;
+        (s["status"] == "decommissioned").then_some(())
+    });
+    wait::until(Duration::from_secs(30), "the agent uninstalled", || {
+        (site.agents() == 0 && !site.exists("/usr/local/bin/continuum-agent")).then_some(())
+    });
+    assert!(!site.exists("/var/lib/continuum-agent"));
+    assert!(!site.exists("/usr/local/lib/continuum-agent"));
+    // The supervisor let it go: nothing starts again.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(site.agents(), 0);
+    let supervisors = site.sh(
+        "root",
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null | grep -c '[s]upervise' || true",
+    );
+    assert_eq!(supervisors.out.trim(), "0", "{}", supervisors.out);
+}

@@ -136,6 +136,9 @@ NoNewPrivileges=yes
 PrivateTmp=yes
 ProtectSystem=strict
 ReadWritePaths=$STATE $LIBDIR
+RuntimeDirectory=continuum-agent
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
@@ -178,27 +181,45 @@ done
 EOF
 }
 
-# What the agent runs when its site is decommissioned: it removes what this script
-# installed, without stopping the service (the agent then exits with status 3, which
-# neither the unit, nor OpenRC's supervisor, nor ours restarts).
+# Quotes a value for a generated shell script.
+q() {
+    printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
+# What the agent runs when its site is decommissioned (`--decommissioned`): it removes
+# what this script installed. The agent then exits with status 3, which neither the
+# unit, nor OpenRC's supervisor, nor ours restarts. Under systemd and OpenRC the removal
+# runs outside the agent's service (`--outside`), which may not write the service
+# definition or the binaries, and stops the service.
 uninstaller_script() {
     echo '#!/bin/sh'
     echo '# Written by install.sh; run by the agent when the central team decommissions this site.'
     case $1 in
         systemd)
-            if [ "$ROOT" = yes ]; then sc=systemctl; else sc="systemctl --user"; fi
-            echo "$sc disable continuum-agent >/dev/null 2>&1 || true"
-            echo "rm -f '$UNIT'"
+            if [ "$ROOT" = yes ]; then sc=systemctl; run=systemd-run; else sc="systemctl --user"; run="systemd-run --user"; fi
+            # shellcheck disable=SC2016 # written as is into the script
+            echo 'if [ "${1:-}" = --decommissioned ]; then'
+            echo "    exec $run --quiet --collect --no-block sh $(q "$UNINSTALLER") --outside"
+            echo 'fi'
+            echo "$sc disable --now continuum-agent >/dev/null 2>&1 || true"
+            echo "rm -f $(q "$UNIT")"
             echo "$sc daemon-reload >/dev/null 2>&1 || true"
             ;;
         openrc)
+            # shellcheck disable=SC2016 # written as is into the script
+            echo 'if [ "${1:-}" = --decommissioned ]; then'
+            echo "    setsid sh $(q "$UNINSTALLER") --outside </dev/null >/dev/null 2>&1 &"
+            echo '    exit 0'
+            echo 'fi'
+            echo 'sleep 2'
+            echo "rc-service continuum-agent stop >/dev/null 2>&1 || true"
             echo "rc-update del continuum-agent default >/dev/null 2>&1 || true"
-            echo "rm -f '$OPENRC'"
+            echo "rm -f $(q "$OPENRC")"
             ;;
     esac
-    echo "rm -f '$BIN' '$SUPERVISOR' '$AGENT' '$LAUNCHER' '$UNINSTALLER'"
-    echo "rmdir '$LIBDIR' 2>/dev/null || true"
-    echo "rm -rf '$STATE'"
+    echo "rm -f $(q "$BIN") $(q "$SUPERVISOR") $(q "$AGENT") $(q "$LAUNCHER") $(q "$UNINSTALLER")"
+    echo "rmdir $(q "$LIBDIR") 2>/dev/null || true"
+    echo "rm -rf $(q "$STATE")"
 }
 
 engine_arg() {

@@ -154,9 +154,10 @@ pub fn spawn(cp: Arc<ControlPlane>) {
                     .into_iter()
                     .filter(|s| s.revoked_at.is_none())
                     .filter(|s| {
+                        // Overdue, or done but not revoked (that failed at the time).
                         s.decommission
                             .as_ref()
-                            .is_some_and(|d| d.done_at.is_none() && d.deadline <= unix_now())
+                            .is_some_and(|d| d.done_at.is_some() || d.deadline <= unix_now())
                     })
                     .map(|s| s.name)
                     .collect(),

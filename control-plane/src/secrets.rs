@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::StoreError;
-use crate::model::{DesiredRecord, SiteRecord};
+use crate::model::SiteRecord;
 use crate::plane::{ControlPlane, rfc3339};
 use crate::policy::selector::Selector;
 use crate::store::{StoreExt, Tree};
@@ -37,19 +37,9 @@ impl Vault {
     /// Reads `secrets.key` from the data directory, creating it (0600) on first start;
     /// returns whether it was created.
     pub fn open(data_dir: &crate::datadir::DataDir) -> Result<(Vault, bool), String> {
-        let path = data_dir.file("secrets.key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => SecretsKey::parse(&text)
-                .map(|key| (Vault { key }, false))
-                .map_err(|e| format!("{} is damaged: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SecretsKey::generate();
-                continuum_shared::files::write_private(&path, key.to_text().as_bytes())
-                    .map_err(|e| e.to_string())?;
-                Ok((Vault { key }, true))
-            }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        SecretsKey::load_or_create(&data_dir.file("secrets.key"))
+            .map(|(key, created)| (Vault { key }, created))
+            .map_err(|e| e.to_string())
     }
 
     fn seal(&self, value: &[u8]) -> Result<String, SecretError> {
@@ -136,12 +126,22 @@ pub struct SecretRecord {
     pub updated_at: String,
     /// Who set it last.
     pub updated_by: String,
+    /// The highest version it ever had: versions are never used twice, not even after a
+    /// removal (a site could mistake a new value for one it already holds).
+    #[serde(default)]
+    pub last_version: u64,
+    /// When it was removed; its record stays, without values, to keep `last_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<String>,
 }
 
 impl SecretRecord {
     /// The newest version.
     pub fn latest(&self) -> u64 {
-        self.versions.last().map_or(0, |v| v.version)
+        self.versions
+            .last()
+            .map_or(0, |v| v.version)
+            .max(self.last_version)
     }
 
     fn kept(&self, version: u64) -> Option<&StoredVersion> {
@@ -217,6 +217,11 @@ static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The stored secret named `name`.
 pub fn get(cp: &ControlPlane, name: &str) -> Result<Option<SecretRecord>, StoreError> {
+    Ok(stored(cp, name)?.filter(|r| r.removed_at.is_none()))
+}
+
+/// The record kept for `name`, removed or not.
+fn stored(cp: &ControlPlane, name: &str) -> Result<Option<SecretRecord>, StoreError> {
     cp.store.get_json(Tree::Secrets, name.as_bytes())
 }
 
@@ -224,7 +229,11 @@ pub fn get(cp: &ControlPlane, name: &str) -> Result<Option<SecretRecord>, StoreE
 pub fn list(cp: &ControlPlane) -> Result<Vec<SecretView>, StoreError> {
     let users = users(cp)?;
     let all: Vec<SecretRecord> = cp.store.list_json(Tree::Secrets)?;
-    Ok(all.iter().map(|r| view(r, &users)).collect())
+    Ok(all
+        .iter()
+        .filter(|r| r.removed_at.is_none())
+        .map(|r| view(r, &users))
+        .collect())
 }
 
 fn view(record: &SecretRecord, users: &BTreeMap<String, BTreeSet<String>>) -> SecretView {
@@ -275,23 +284,34 @@ pub async fn set(
         )));
     }
     scope.check()?;
+    if let Some(name) = policy
+        && cp.policies.snapshot().rollout(name).is_none()
+    {
+        return Err(SecretError::Invalid(format!(
+            "--policy: no rollout policy named {name:?} is in force; see `continuum policies`"
+        )));
+    }
     let _one = CHANGES.lock().await;
     let now = rfc3339(continuum_shared::unix_now());
-    let existing = get(cp, name)?;
+    let existing = stored(cp, name)?;
     if existing.is_none() && cp.store.scan(Tree::Secrets)?.len() >= MAX_SECRETS {
         return Err(SecretError::Invalid(format!(
             "at most {MAX_SECRETS} secrets are kept"
         )));
     }
-    let replaced = existing.is_some();
+    let replaced = existing.as_ref().is_some_and(|r| r.removed_at.is_none());
     let mut record = existing.unwrap_or_else(|| SecretRecord {
         name: name.to_owned(),
         scope: scope.clone(),
         versions: Vec::new(),
         updated_at: now.clone(),
         updated_by: actor.to_owned(),
+        last_version: 0,
+        removed_at: None,
     });
     let version = record.latest() + 1;
+    record.last_version = version;
+    record.removed_at = None;
     record.versions.push(StoredVersion {
         version,
         sealed: cp.vault.seal(value)?,
@@ -332,13 +352,13 @@ pub async fn remove(cp: &ControlPlane, name: &str) -> Result<(), SecretError> {
     if get(cp, name)?.is_none() {
         return Err(SecretError::NotFound(name.to_owned()));
     }
-    let using: Vec<String> = cp
-        .store
-        .list_json::<DesiredRecord>(Tree::Desired)?
-        .into_iter()
-        .filter(|d| d.secrets.contains_key(name))
-        .map(|d| d.site)
+    // Every site whose desired releases name it, whether it was delivered or not.
+    let mut using: Vec<String> = crate::rollout::secret::sites_using(cp, name)?
+        .into_values()
+        .flatten()
         .collect();
+    using.sort_unstable();
+    using.dedup();
     if !using.is_empty() {
         let shown: Vec<&str> = using.iter().take(5).map(String::as_str).collect();
         return Err(SecretError::InUse(format!(
@@ -352,7 +372,13 @@ pub async fn remove(cp: &ControlPlane, name: &str) -> Result<(), SecretError> {
             }
         )));
     }
-    cp.store.remove(Tree::Secrets, name.as_bytes())?;
+    // The record stays, without values, so that its versions are never used again.
+    if let Some(mut record) = stored(cp, name)? {
+        record.last_version = record.latest();
+        record.versions.clear();
+        record.removed_at = Some(rfc3339(continuum_shared::unix_now()));
+        cp.store.put_json(Tree::Secrets, name.as_bytes(), &record)?;
+    }
     cp.store.flush()?;
     tracing::info!(secret = %name, "secret removed");
     Ok(())

@@ -388,6 +388,13 @@ pub fn record_service(
         failed: short(&report.failed),
         last_error: cut(&report.last_error),
         failure: cut(&report.failure),
+        secrets: report
+            .secrets
+            .iter()
+            .filter(|(name, _)| continuum_shared::names::check_name("secret", name).is_ok())
+            .take(continuum_shared::manifest::MAX_RELEASE_SECRETS + 1)
+            .map(|(name, version)| (name.clone(), *version))
+            .collect(),
         ..report.clone()
     };
     let result = cp.store.update(Tree::Sites, site.as_bytes(), &mut |old| {

@@ -118,7 +118,7 @@ pub async fn yank(
                 .into_iter()
                 .filter(|r| r.service == service && r.state.active())
             {
-                if rollout.version != version {
+                if rollout.version != version || rollout.secret.is_some() {
                     others.push(rollout);
                     continue;
                 }

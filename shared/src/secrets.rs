@@ -67,6 +67,26 @@ impl SecretsKey {
             .map_err(|e| SecretError::Key(format!("not an age secret key: {e}")))
     }
 
+    /// Reads the key kept at `path`, or makes one and keeps it there (0600); says
+    /// whether it was made.
+    pub fn load_or_create(path: &std::path::Path) -> Result<(Self, bool), SecretError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text)
+                .map(|key| (key, false))
+                .map_err(|e| SecretError::Key(format!("{} is damaged: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                crate::files::write_private(path, key.to_text().as_bytes())
+                    .map_err(|e| SecretError::Key(e.to_string()))?;
+                Ok((key, true))
+            }
+            Err(e) => Err(SecretError::Key(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     /// The text form, to be stored in a private (0600) file and nowhere else.
     pub fn to_text(&self) -> String {
         use age::secrecy::ExposeSecret;

@@ -214,9 +214,11 @@ pub async fn run(cli: Cli) -> Result<u8, AgentError> {
                     let decommissioned = crate::decommission::pending(&state_dir)
                         .is_some_and(|order| order.report.is_some());
                     if decommissioned {
-                        let wiped = crate::decommission::wipe(&state_dir)?;
-                        tracing::warn!(%wiped, "this site is decommissioned");
-                        eprintln!("this site is decommissioned: {wiped}");
+                        // Whatever the wipe says, the agent stays stopped: status 3.
+                        match crate::decommission::wipe(&state_dir) {
+                            Ok(wiped) => eprintln!("this site is decommissioned: {wiped}"),
+                            Err(e) => eprintln!("this site is decommissioned, but: {e}"),
+                        }
                     } else {
                         eprintln!("error: this site was revoked by the central team: {reason}");
                     }

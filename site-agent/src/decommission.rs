@@ -20,6 +20,10 @@ use crate::error::AgentError;
 
 const FILE: &str = "decommission.json";
 
+/// How often, and how long apart, an unreachable engine is tried again.
+const ENGINE_TRIES: u32 = 30;
+const ENGINE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Grace given to a container to stop.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -69,9 +73,24 @@ pub async fn clean(
 ) -> String {
     let mut said = Vec::new();
     if let Some(address) = engine {
-        match Engine::connect(address).await {
-            Ok(engine) => said.push(remove_containers(&engine, site, keep_data).await),
-            Err(e) => said.push(format!("containers left in place: {e}")),
+        // An engine down for a while (restarting, say) is waited for, a few minutes.
+        let mut tries = 0;
+        loop {
+            match Engine::connect(address).await {
+                Ok(engine) => {
+                    said.push(remove_containers(&engine, site, keep_data).await);
+                    break;
+                }
+                Err(e) if tries >= ENGINE_TRIES => {
+                    said.push(format!("containers left in place: {e}"));
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "decommission: the engine is unreachable; trying again");
+                    tries += 1;
+                    tokio::time::sleep(ENGINE_RETRY).await;
+                }
+            }
         }
     }
     match std::fs::remove_dir_all(secrets_dir) {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use continuum_shared::manifest::Release;
+
+use crate::trust::VerifiedRelease;
 use continuum_shared::secrets::{RegistryLogin, SealedSecrets, SecretsKey};
 
 use crate::error::AgentError;
@@ -21,30 +23,35 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
 /// The site's secrets key, made on first use.
 pub fn load_or_create(state_dir: &Path) -> Result<SecretsKey, AgentError> {
-    let path = state_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => SecretsKey::parse(&text)
-            .map_err(|e| AgentError::State(format!("{} is damaged: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SecretsKey::generate();
-            continuum_shared::files::write_private(&path, key.to_text().as_bytes())?;
-            Ok(key)
-        }
-        Err(e) => Err(AgentError::State(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
-    }
+    SecretsKey::load_or_create(&state_dir.join(KEY_FILE))
+        .map(|(key, _)| key)
+        .map_err(|e| AgentError::State(e.to_string()))
 }
 
-/// Where opened secrets go by default: a directory of this state directory's own on
-/// `/run` when that is a tmpfs, else on `/dev/shm`.
+/// Where opened secrets go by default: the service's runtime directory under systemd
+/// (the installer's unit asks for one), else a directory of this state directory's own
+/// in the user's runtime directory or `/run`, whichever is a tmpfs this process may
+/// write, else in `/dev/shm`.
 pub fn default_dir(state_dir: &Path) -> PathBuf {
-    let base = if on_tmpfs(Path::new("/run")) {
-        Path::new("/run")
-    } else {
-        Path::new("/dev/shm")
+    let usable = |dir: &Path| {
+        dir.is_absolute()
+            && on_tmpfs(dir)
+            && rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
     };
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .filter(|d| usable(d))
+    {
+        return dir.join("secrets");
+    }
+    let base = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+        Some(PathBuf::from("/run")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|d| usable(d))
+    .unwrap_or_else(|| PathBuf::from("/dev/shm"));
     let absolute = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let digest = continuum_shared::tls::sha256(absolute.as_os_str().as_encoded_bytes());
     let tag = continuum_shared::tls::hex(&digest[..6]);
@@ -88,9 +95,7 @@ impl SecretFiles {
 
     /// Opens one secret the desired state carries.
     fn open(&self, sealed: &SealedSecrets, name: &str) -> Result<(u64, Vec<u8>), String> {
-        let secret = sealed.get(name).ok_or_else(|| {
-            format!("secret {name:?} was not delivered to this site: it does not exist, or this site is outside its scope (see `continuum secret list`)")
-        })?;
+        let secret = sealed.get(name).ok_or_else(|| not_delivered(name))?;
         let value = self
             .key
             .open(&secret.sealed)
@@ -113,26 +118,38 @@ impl SecretFiles {
             .map_err(|e| format!("secret {name:?}: {e}"))
     }
 
-    /// Opens the secrets `release` mounts and places each as a read-only file, unless
-    /// that version is already there.
-    pub fn place(&self, sealed: &SealedSecrets, release: &Release) -> Result<Vec<Placed>, String> {
+    /// Places each secret `target` mounts as a read-only file, at the version `target`
+    /// was verified with: the desired one for the release the site should run, the one
+    /// it ran for a last-known-good release it goes back to (whose file a trial leaves
+    /// in place). A version already placed is not opened again.
+    pub fn place(
+        &self,
+        sealed: &SealedSecrets,
+        target: &VerifiedRelease,
+    ) -> Result<Vec<Placed>, String> {
+        let release = &target.release;
         if release.secrets.is_empty() {
             return Ok(Vec::new());
         }
         let dir = self.service_dir(&release.service)?;
         let mut placed = Vec::with_capacity(release.secrets.len());
         for file in &release.secrets {
-            let version = sealed.get(&file.name).map(|s| s.version);
-            let host = dir.join(format!("{}.v{}", file.name, version.unwrap_or(0)));
-            let version = match version {
-                Some(version) if host.is_file() => version,
-                _ => {
-                    let (version, value) = self.open(sealed, &file.name)?;
-                    write_read_only(&host, &value)
-                        .map_err(|e| format!("placing secret {:?}: {e}", file.name))?;
-                    version
+            let version = *target
+                .secrets
+                .get(&file.name)
+                .ok_or_else(|| not_delivered(&file.name))?;
+            let host = dir.join(format!("{}.v{version}", file.name));
+            if !host.is_file() {
+                let (delivered, value) = self.open(sealed, &file.name)?;
+                if delivered != version {
+                    return Err(format!(
+                        "secret {:?} version {version} is gone from this site (the desired state carries version {delivered})",
+                        file.name
+                    ));
                 }
-            };
+                write_read_only(&host, &value)
+                    .map_err(|e| format!("placing secret {:?}: {e}", file.name))?;
+            }
             placed.push(Placed {
                 name: file.name.clone(),
                 version,
@@ -185,6 +202,12 @@ impl SecretFiles {
     }
 }
 
+fn not_delivered(name: &str) -> String {
+    format!(
+        "secret {name:?} was not delivered to this site: it does not exist, or this site is outside its scope (see `continuum secret list`)"
+    )
+}
+
 /// Makes `dir` (0700) if missing, and refuses one that another user could have put there
 /// (it may sit in a world-writable place such as `/dev/shm`).
 fn private_dir(dir: &Path) -> Result<(), String> {
@@ -235,12 +258,19 @@ mod tests {
     use continuum_shared::manifest::{self, ImageSource};
     use continuum_shared::secrets::{Sealed, seal};
 
-    fn release(extra: &str) -> Release {
+    /// A verified release of `web` mounting secret `db`, at `version` if delivered.
+    fn verified(version: Option<u64>) -> VerifiedRelease {
         let digest = "0".repeat(64);
         let text = format!(
-            "[service]\nname = \"web\"\nversion = \"1\"\n[container]\nimage = \"web@sha256:{digest}\"\n[health]\ntcp = \"127.0.0.1:80\"\n{extra}"
+            "[service]\nname = \"web\"\nversion = \"1\"\n[container]\nimage = \"web@sha256:{digest}\"\n[health]\ntcp = \"127.0.0.1:80\"\n[[secrets]]\nname = \"db\"\n"
         );
-        manifest::parse("web.toml", &text, ImageSource::Registry).unwrap()
+        VerifiedRelease {
+            target: "releases/web/1.toml".into(),
+            sha256: "0".repeat(64),
+            release: manifest::parse("web.toml", &text, ImageSource::Registry).unwrap(),
+            archive: None,
+            secrets: version.map(|v| ("db".to_owned(), v)).into_iter().collect(),
+        }
     }
 
     fn tmpfs_dir() -> tempfile::TempDir {
@@ -261,12 +291,11 @@ mod tests {
     }
 
     #[test]
-    fn placed_secrets_are_read_only_files_and_old_versions_are_pruned() {
+    fn placed_secrets_are_read_only_files_kept_for_going_back_until_pruned() {
         let base = tmpfs_dir();
         let key = SecretsKey::generate();
         let recipient = key.recipient();
         let files = SecretFiles::new(base.path().join("s"), key);
-        let release = release("[[secrets]]\nname = \"db\"\n");
         let sealed = |version, value: &[u8]| {
             SealedSecrets::from([(
                 "db".to_owned(),
@@ -276,7 +305,9 @@ mod tests {
                 },
             )])
         };
-        let one = files.place(&sealed(1, b"first"), &release).unwrap();
+        let one = files
+            .place(&sealed(1, b"first"), &verified(Some(1)))
+            .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].target, "/run/secrets/db");
         assert_eq!(std::fs::read(&one[0].host).unwrap(), b"first");
@@ -285,11 +316,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o444);
-        let two = files.place(&sealed(2, b"second"), &release).unwrap();
+        let two = files
+            .place(&sealed(2, b"second"), &verified(Some(2)))
+            .unwrap();
         assert_ne!(one[0].host, two[0].host);
+        // Going back to the release that ran with version 1 while the desired state
+        // carries 2: the file of 1 is still there.
+        let back = files
+            .place(&sealed(2, b"second"), &verified(Some(1)))
+            .unwrap();
+        assert_eq!(std::fs::read(&back[0].host).unwrap(), b"first");
         files.prune("web", &two);
         assert!(!one[0].host.exists());
         assert_eq!(std::fs::read(&two[0].host).unwrap(), b"second");
+        let gone = files
+            .place(&sealed(2, b"second"), &verified(Some(1)))
+            .unwrap_err();
+        assert!(gone.contains("version 1 is gone"), "{gone}");
         files.prune("web", &[]);
         assert!(!base.path().join("s").join("web").exists());
     }
@@ -298,14 +341,17 @@ mod tests {
     fn a_missing_secret_or_a_disk_directory_is_refused_with_the_reason() {
         let base = tmpfs_dir();
         let files = SecretFiles::new(base.path().join("s"), SecretsKey::generate());
-        let release = release("[[secrets]]\nname = \"db\"\n");
-        let missing = files.place(&SealedSecrets::new(), &release).unwrap_err();
+        let missing = files
+            .place(&SealedSecrets::new(), &verified(None))
+            .unwrap_err();
         assert!(missing.contains("not delivered"), "{missing}");
 
         let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         if !on_tmpfs(disk.path()) {
             let files = SecretFiles::new(disk.path().join("s"), SecretsKey::generate());
-            let refused = files.place(&SealedSecrets::new(), &release).unwrap_err();
+            let refused = files
+                .place(&SealedSecrets::new(), &verified(Some(1)))
+                .unwrap_err();
             assert!(refused.contains("not on a tmpfs"), "{refused}");
         }
     }

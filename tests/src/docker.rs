@@ -109,9 +109,14 @@ pub fn containers_of(site: &str) -> Vec<Value> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let mut args = vec!["inspect"];
-    args.extend(ids.lines());
-    serde_json::from_str(&docker(&args)).unwrap()
+    // A container may go between the listing and the inspection: `docker inspect`
+    // then still prints the others, and fails for it alone.
+    let out = Command::new("docker")
+        .arg("inspect")
+        .args(ids.lines())
+        .output()
+        .expect("docker inspect runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// Removes every container of `site` and the given images, when a test ends.

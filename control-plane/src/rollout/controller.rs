@@ -245,7 +245,13 @@ pub async fn start_secret(
         // The policy asked for, else the one the release of the service names.
         let policy_name = match policy {
             Some(name) => name.to_owned(),
-            None => super::secret::release_policy(cp, &service, &using)?,
+            None => match super::secret::release_policy(cp, &service, &using) {
+                Ok(name) => name,
+                Err(e) => {
+                    started.push((service, Err(e.to_string())));
+                    continue;
+                }
+            },
         };
         let Some(policy) = snapshot.rollout(&policy_name) else {
             started.push((
@@ -364,17 +370,17 @@ fn begin(
 
 /// The desired-state change that tells a site `version`: of the service's release, or
 /// of the secret a rollout of a changed secret moves. A site that had no version of
-/// the secret before is put back on the newest kept.
-fn change_of(rollout: &Rollout, version: Option<String>) -> desired::Change {
+/// the secret before has none to go back to: nothing changes there.
+fn change_of(rollout: &Rollout, version: Option<String>) -> Option<desired::Change> {
     match &rollout.secret {
-        Some(name) => desired::Change::Secret {
+        Some(name) => Some(desired::Change::Secret {
             name: name.clone(),
-            version: version.and_then(|v| v.parse().ok()).unwrap_or(0),
-        },
-        None => desired::Change::Release {
+            version: version?.parse().ok()?,
+        }),
+        None => Some(desired::Change::Release {
             service: rollout.service.clone(),
             version,
-        },
+        }),
     }
 }
 
@@ -492,12 +498,16 @@ pub async fn tick(cp: &ControlPlane) -> Result<(), RolloutError> {
         let actions = step(&mut rollout, &fleet, now.as_second());
         let actor = format!("rollout {}", rollout.id);
         // One batch: sites are signed side by side and made durable together.
-        let changes: Vec<(String, desired::Change)> = actions
+        let planned: Vec<(&super::step::SetRelease, desired::Change)> = actions
             .iter()
-            .map(|a| (a.site.clone(), change_of(&rollout, a.version.clone())))
+            .filter_map(|a| change_of(&rollout, a.version.clone()).map(|c| (a, c)))
+            .collect();
+        let changes: Vec<(String, desired::Change)> = planned
+            .iter()
+            .map(|(a, c)| (a.site.clone(), c.clone()))
             .collect();
         let results = desired::change(cp, &changes, &actor).await;
-        for (action, result) in actions.iter().zip(results) {
+        for ((action, _), result) in planned.iter().zip(results) {
             if let Err(e) = result {
                 warn!(rollout = %rollout.id, site = %action.site, error = %e, "could not change the site's desired state; trying again");
                 match rollout.sites.get_mut(&action.site) {

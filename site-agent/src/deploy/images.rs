@@ -38,7 +38,7 @@ fn denied(error: &EngineError) -> bool {
         "unauthorized",
         "authentication required",
         "no basic auth credentials",
-        "denied",
+        "denied: requested access",
     ]
     .iter()
     .any(|word| text.contains(word))

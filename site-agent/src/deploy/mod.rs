@@ -341,7 +341,7 @@ impl Reconciler {
         };
         let on_trial =
             !rolled_back && record.last_known_good.as_ref().map(VerifiedRelease::key) != Some(key);
-        let placed = match self.secrets.place(sealed, &target.release) {
+        let placed = match self.secrets.place(sealed, &target) {
             Ok(placed) => placed,
             Err(reason) if on_trial => {
                 // The new release cannot have its secrets here: it fails, and the site

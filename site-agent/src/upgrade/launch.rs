@@ -116,6 +116,12 @@ pub async fn launch(
                 revert(&options, &dir, &reason);
                 backoff.reset();
             }
+            End::Exited(status) if status.code() == Some(REVOKED_STATUS) => {
+                // Revoked (or decommissioned) is final, on trial or not: going back to
+                // the previous build would be revoked too.
+                warn!("the site is revoked; the agent stays stopped");
+                return Ok(REVOKED_STATUS as u8);
+            }
             End::Exited(status) => {
                 if deadline
                     .as_ref()
@@ -129,10 +135,6 @@ pub async fn launch(
                     Some(RESTART_STATUS) => {
                         info!("the agent swapped in a new binary; starting it");
                         backoff.reset();
-                    }
-                    Some(REVOKED_STATUS) => {
-                        warn!("the site is revoked; the agent stays stopped");
-                        return Ok(REVOKED_STATUS as u8);
                     }
                     _ => {
                         let delay = backoff.next_delay();

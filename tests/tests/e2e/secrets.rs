@@ -279,6 +279,14 @@ fn a_secret_reaches_only_its_sites_as_a_read_only_file_changes_by_rollout_and_is
         refused.stderr
     );
 
+    // A secret nobody uses goes; set again, it never takes a version used before.
+    set_secret(&server, "spare", "x", &[]);
+    server.cli(&["secret", "rm", "spare"]).ok();
+    let listed = server.json(&["secret", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let again = set_secret(&server, "spare", "y", &[]);
+    assert_eq!(again["secret"]["version"], 2, "{again}");
+
     // No value anywhere it could be read back.
     let answers = [
         server.cli(&["secret", "list", "-o", "json"]).ok().stdout,

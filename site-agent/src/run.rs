@@ -121,7 +121,7 @@ pub async fn run(
         Some(_) => Services::None,
         None => options.services.clone(),
     };
-    let reconciler = match services {
+    let mut reconciler = match services {
         Services::Engine(settings) => {
             let reconciler = Reconciler::new(
                 identity.site.clone(),
@@ -145,7 +145,7 @@ pub async fn run(
     let restart = std::sync::Arc::new(tokio::sync::Notify::new());
     let binary = std::env::current_exe()
         .map_err(|e| AgentError::State(format!("cannot tell where this binary is: {e}")))?;
-    let updater = decommissioned.is_none().then(|| {
+    let mut updater = decommissioned.is_none().then(|| {
         tokio::spawn(
             crate::upgrade::updater::Updater {
                 upgrade: crate::upgrade::state::UpgradeDir::new(&options.state_dir),
@@ -158,7 +158,7 @@ pub async fn run(
             .run(),
         )
     });
-    let channels = Channels {
+    let mut channels = Channels {
         slot,
         desired,
         reports,
@@ -170,8 +170,6 @@ pub async fn run(
         secrets_recipient,
         decommissioned,
     };
-    let mut channels = channels;
-    let (mut updater, mut reconciler) = (updater, reconciler);
     let mut result = tokio::select! {
         result = connect_loop(&options, identity, &channels, &mut status) => result,
         _ = restart.notified() => Err(AgentError::Restart),

@@ -292,6 +292,18 @@ impl Server {
         });
     }
 
+    /// Installs the rollout policy `quick` (one wave of every site, no bake, healthy for
+    /// a second), which end-to-end tests name in their releases.
+    pub fn install_quick_policy(&self) {
+        const QUICK: &str = r#"[rollout.quick]
+waves = [{ name = "all", percent = 100 }]
+bake = "0s"
+healthy_for = "1s"
+max_parallel = 10
+"#;
+        self.install_policy("quick.toml", QUICK, "quick");
+    }
+
     /// Runs the CLI as another operator.
     pub fn cli_as(&self, credential: &str, args: &[&str]) -> CliOutput {
         let mut all = vec!["--token", credential];

@@ -11,13 +11,6 @@ use continuum_tests::wait;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-const QUICK: &str = r#"[rollout.quick]
-waves = [{ name = "all", percent = 100 }]
-bake = "0s"
-healthy_for = "1s"
-max_parallel = 10
-"#;
-
 /// A service writing into a named volume, served from it.
 fn release(service: &str, image: &str, volume: &str) -> String {
     format!(
@@ -71,7 +64,7 @@ fn image_exists(tag: &str) -> bool {
 #[test]
 fn a_removed_service_leaves_its_sites_and_the_site_policy_decides_about_images_and_volumes() {
     let server = Server::start();
-    server.install_policy("quick.toml", QUICK, "quick");
+    server.install_quick_policy();
     // Site `tidy` keeps the defaults (images go, volumes stay); site `wipe` keeps
     // images and removes volumes.
     let (tidy, wipe) = (unique("tidy"), unique("wipe"));

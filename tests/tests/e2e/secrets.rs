@@ -19,13 +19,6 @@ use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-const QUICK: &str = r#"[rollout.quick]
-waves = [{ name = "all", percent = 100 }]
-bake = "0s"
-healthy_for = "1s"
-max_parallel = 10
-"#;
-
 /// A service that is healthy once it can read its secret.
 fn release(image: &str) -> String {
     format!(
@@ -187,7 +180,7 @@ fn site_key(agent: &Agent) -> SecretsKey {
 fn a_secret_reaches_only_its_sites_as_a_read_only_file_changes_by_rollout_and_is_never_stored_in_plaintext()
  {
     let server = Server::start();
-    server.install_policy("quick.toml", QUICK, "quick");
+    server.install_quick_policy();
     let (inside, outside) = (unique("in"), unique("out"));
     let image = TestImage::build(server.root(), &unique("sec"), "s");
     let _cleanup = Cleanup {
@@ -358,7 +351,7 @@ rollout = "quick"
 #[test]
 fn a_release_pulls_from_a_registry_that_wants_a_login_only_with_the_right_secret() {
     let server = Server::start();
-    server.install_policy("quick.toml", QUICK, "quick");
+    server.install_quick_policy();
     let site = unique("pull");
     let image = TestImage::build(server.root(), &unique("pulled"), "p");
     let mut registry = Registry::start(server.root());

@@ -12,13 +12,6 @@ use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-const QUICK: &str = r#"[rollout.quick]
-waves = [{ name = "all", percent = 100 }]
-bake = "0s"
-healthy_for = "1s"
-max_parallel = 10
-"#;
-
 fn release(version: &str, image: &str) -> String {
     format!(
         r#"[service]
@@ -56,7 +49,7 @@ fn running(site: &str, version: &str) -> String {
 #[test]
 fn a_yanked_release_on_half_the_fleet_moves_that_half_to_the_newest_good_release() {
     let server = Server::start();
-    server.install_policy("quick.toml", QUICK, "quick");
+    server.install_quick_policy();
     let sites: Vec<String> = (0..4).map(|_| unique("yk")).collect();
     let image = TestImage::build(server.root(), &unique("yank"), "y");
     let _cleanup = Cleanup {

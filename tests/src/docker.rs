@@ -98,6 +98,35 @@ impl TestImage {
     }
 }
 
+/// Whether the engine has the named volume.
+pub fn volume_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["volume", "inspect", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the engine holds the image (id or tag).
+pub fn image_exists(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Removes the named volumes when a test ends, whatever happened.
+pub struct Volumes(pub Vec<String>);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for volume in &self.0 {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", volume])
+                .output();
+        }
+    }
+}
+
 /// The containers carrying `site`'s label, as `docker inspect` shows them.
 pub fn containers_of(site: &str) -> Vec<Value> {
     let ids = docker(&[

@@ -3,11 +3,12 @@
 //! wipes its state and stays stopped; a site offline when ordered does it on return
 //! (keeping its data when told); one that never returns is revoked at the deadline.
 
-use std::process::Command;
 use std::time::Duration;
 
 use continuum_tests::agent::Agent;
-use continuum_tests::docker::{Cleanup, TestImage, containers_of, unique};
+use continuum_tests::docker::{
+    Cleanup, TestImage, Volumes, containers_of, image_exists, unique, volume_exists,
+};
 use continuum_tests::server::Server;
 use continuum_tests::wait;
 use serde_json::Value;
@@ -35,33 +36,6 @@ timeout = "1s"
 name = "token"
 "#
     )
-}
-
-fn volume_exists(name: &str) -> bool {
-    Command::new("docker")
-        .args(["volume", "inspect", name])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn image_exists(id: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", id])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Removes the test's volumes, whatever happened.
-struct Volumes(Vec<String>);
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        for volume in &self.0 {
-            let _ = Command::new("docker")
-                .args(["volume", "rm", "-f", volume])
-                .output();
-        }
-    }
 }
 
 /// Waits until `site` shows `status`; shows the site and the agents' logs if it does not.

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use continuum_tests::agent::Agent;
-use continuum_tests::docker::{Cleanup, ENGINE, TestImage, containers_of, docker, unique};
+use continuum_tests::docker::{
+    Cleanup, ENGINE, TestImage, Volumes, containers_of, docker, image_exists, unique, volume_exists,
+};
 use continuum_tests::server::Server;
 use continuum_tests::wait;
 
@@ -32,33 +34,6 @@ timeout = "1s"
 rollout = "quick"
 "#
     )
-}
-
-/// Removes the test's volumes, whatever happened.
-struct Volumes(Vec<String>);
-
-impl Drop for Volumes {
-    fn drop(&mut self) {
-        for volume in &self.0 {
-            let _ = std::process::Command::new("docker")
-                .args(["volume", "rm", "-f", volume])
-                .output();
-        }
-    }
-}
-
-fn volume_exists(name: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["volume", "inspect", name])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn image_exists(tag: &str) -> bool {
-    std::process::Command::new("docker")
-        .args(["image", "inspect", tag])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
